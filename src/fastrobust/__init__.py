@@ -1,0 +1,20 @@
+"""fastrobust: cheap adversarial training of robust image classifiers."""
+
+__version__ = "0.1.0"
+
+
+def load_model(path, device="cpu"):
+    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint or run directory."""
+    from .engine.checkpoint import load_model as _load
+
+    return _load(path, device)
+
+
+def train(cfg, **kwargs):
+    """Run a training job from a :class:`fastrobust.config.TrainConfig`; returns the summary dict."""
+    from .engine import train as _train
+
+    return _train(cfg, **kwargs)
+
+
+__all__ = ["__version__", "load_model", "train"]

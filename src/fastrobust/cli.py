@@ -1,0 +1,219 @@
+"""The ``fastrobust`` command line (also ``python -m fastrobust``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .config import TrainConfig, load_yaml, parse_number
+from .errors import ConfigError, FastrobustError
+
+DESCRIPTION = """\
+fastrobust: cheap adversarial training of robust image classifiers.
+
+Commands:
+  demo      train natural, FGSM-RS and PGD-AT models on the MNIST subset shipped
+            with the package and print a table of cost and robustness (no download)
+  train     train one model with one method (see `fastrobust train --help`)
+  methods   list the training methods and their parameters
+  models    list the model architectures and their options
+  datasets  list the data sets and where their files are looked for
+
+Cost is counted in passes per example (one forward+backward of one example = 1;
+forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  fastrobust train --method pgd --dataset mnist --data-dir ~/data/mnist --epochs 10 --out runs/pgd
+  fastrobust train --method fgsm-rs --dataset cifar10 --eps 8/255 --lr-schedule cyclic --lr 0.2 --epochs 15
+  fastrobust train --method free --replays 8 --dataset cifar10 --model preact-resnet18 --model-opt width=32
+  fastrobust train --resume --out runs/pgd          # continue a killed run
+
+Data sets are looked for in --data-dir, else $FASTROBUST_DATA, else ~/.cache/fastrobust,
+and downloaded (checksum-verified) when missing and a network exists. `mnist-subset` ships
+with the package. Outputs in --out: config.yaml, metrics.jsonl, train.log, last.pt, best.pt
+(highest validation PGD-CW accuracy) and summary.json (test accuracy of best.pt).
+"""
+
+
+def _number(what: str):
+    def convert(text: str) -> float:
+        try:
+            return parse_number(text, what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _milestones(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lr milestones: expected comma-separated epochs like 25,40, got {text!r}") from None
+
+
+def _model_opt(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--model-opt: expected KEY=VALUE (e.g. width=16), got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+# (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
+TRAIN_OPTIONS = [
+    ("--method", "method", dict(metavar="NAME", help="training method (default pgd; see `fastrobust methods`)")),
+    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder")),
+    ("--data-dir", "data_dir", dict(metavar="DIR", help="folder holding the data set files (default $FASTROBUST_DATA or ~/.cache/fastrobust); for imagefolder, the folder with train/ and test/")),
+    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`)")),
+    ("--model-opt", "model_options", dict(metavar="KEY=VALUE", type=_model_opt, action="append", help="a model option, repeatable, e.g. --model-opt width=16")),
+    ("--epochs", "epochs", dict(type=int, metavar="N", help="number of epochs (default 10)")),
+    ("--batch-size", "batch_size", dict(type=int, metavar="N", help="global minibatch size (default 100 for MNIST-like data, 128 otherwise)")),
+    ("--optimizer", "optimizer", dict(choices=["sgd", "adam"], help="default adam for MNIST-like data, sgd (momentum 0.9) otherwise")),
+    ("--lr", "lr", dict(type=_number("lr"), metavar="LR", help="peak learning rate (default 1e-3 for adam, 0.05 for sgd)")),
+    ("--momentum", "momentum", dict(type=float, metavar="M", help="SGD momentum (default 0.9)")),
+    ("--weight-decay", "weight_decay", dict(type=float, metavar="WD", help="default 5e-4 for sgd, 0 for adam")),
+    ("--lr-schedule", "lr_schedule", dict(choices=["multistep", "piecewise", "cyclic", "cosine", "constant"], help="multistep (= piecewise; x lr-gamma at each milestone, default), cyclic (triangle peaking at 2/5 of training), cosine, constant; updated every minibatch")),
+    ("--lr-milestones", "lr_milestones", dict(type=_milestones, metavar="E1,E2", help="multistep milestones in epochs (default 50%% and 80%% of training)")),
+    ("--lr-gamma", "lr_gamma", dict(type=float, metavar="G", help="multistep decay factor (default 0.1)")),
+    ("--eps", "eps", dict(type=_number("eps"), metavar="E", help="L-inf radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default: MNIST 0.3, CIFAR/SVHN 8/255)")),
+    ("--alpha", "alpha", dict(type=_number("alpha"), metavar="A", help="attack step (default per method: pgd the recipe step, 2/255 on CIFAR, 0.01 on MNIST; fgsm-rs 1.25 eps; free eps)")),
+    ("--eps-warmup", "eps_warmup", dict(type=float, metavar="EPOCHS", help="ramp eps (and alpha) linearly from 0 over this many epochs (default 0)")),
+    ("--val-size", "val_size", dict(type=int, metavar="N", help="held-out validation examples from the training set, for checkpoint selection (default 1000; 0 = none, best = last)")),
+    ("--train-subset", "train_subset", dict(type=int, metavar="N", help="train on a seeded random subset of N examples")),
+    ("--test-subset", "test_subset", dict(type=int, metavar="N", help="evaluate on a seeded random subset of N test examples")),
+    ("--val-steps", "val_steps", dict(type=int, metavar="K", help="PGD steps (CW loss) of the per-epoch validation attack (default 10)")),
+    ("--test-steps", "test_steps", dict(type=int, metavar="K", help="PGD steps (CE loss) of the final test attack (default 20)")),
+    ("--eval-batch-size", "eval_batch_size", dict(type=int, metavar="N", help="batch size of evaluation (default 500)")),
+    ("--seed", "seed", dict(type=int, metavar="S", help="random seed (default 0)")),
+    ("--out", "out", dict(metavar="DIR", help="run directory (default runs/METHOD-DATASET-TIME)")),
+    ("--device", "device", dict(choices=["auto", "cpu", "cuda"], help="default auto (cuda if available)")),
+    ("--amp", "amp", dict(choices=["none", "bf16", "fp16"], help="mixed precision (GPU); default none (fp32)")),
+    ("--channels-last", "channels_last", dict(action="store_true", help="channels_last memory format (GPU)")),
+    ("--compile", "compile", dict(action="store_true", help="torch.compile the model")),
+    ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
+]
+
+
+def _add_method_params(parser: argparse.ArgumentParser) -> None:
+    from .methods import list_methods
+
+    group = parser.add_argument_group("method parameters (each applies to the methods named)")
+    seen: dict[str, list[str]] = {}
+    helps: dict[str, str] = {}
+    for cls in list_methods():
+        for p in cls.params:
+            seen.setdefault(p.name, []).append(cls.name)
+            helps.setdefault(p.name, f"{p.help} (default {p.default})")
+    for name, owners in seen.items():
+        kwargs = dict(dest=f"mp__{name}", metavar="V", default=argparse.SUPPRESS,
+                      help=f"[{', '.join(owners)}] {helps[name]}")
+        group.add_argument("--" + name.replace("_", "-"), nargs="?", const="true", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastrobust", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastrobust {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    tr = sub.add_parser("train", help="train one model with one method", epilog=TRAIN_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Adversarially train one model. Flags override --config, which overrides the defaults.")
+    tr.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="YAML file of configuration keys (as in a run's config.yaml)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for flag, key, kwargs in TRAIN_OPTIONS:
+        tr.add_argument(flag, dest=f"cfg__{key}", default=argparse.SUPPRESS, **kwargs)
+    _add_method_params(tr)
+
+    demo = sub.add_parser("demo", help="the main job on the shipped MNIST subset: train, evaluate, print a table",
+                          description="Trains natural, FGSM-RS and PGD-AT models on the MNIST subset that ships inside the package "
+                                      "(6,000 train / 1,000 test images, no download), evaluates each and prints cost and robustness.")
+    demo.add_argument("--out", default="fastrobust-demo", metavar="DIR", help="folder for the runs (default ./fastrobust-demo)")
+    demo.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per method (default: the demo recipe's)")
+    demo.add_argument("--methods", default=None, metavar="A,B", help="comma-separated methods (default natural,fgsm-rs,pgd)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sub.add_parser("methods", help="list the training methods and their parameters")
+    sub.add_parser("models", help="list the model architectures and their options")
+    sub.add_parser("datasets", help="list the data sets")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig()
+    given = vars(args)
+    if "config" in given:
+        cfg.update(load_yaml(given["config"]), given["config"])
+    flags = {k[5:]: v for k, v in given.items() if k.startswith("cfg__")}
+    if "model_options" in flags:
+        flags["model_options"] = {**cfg.model_options, **dict(flags["model_options"])}
+    cfg.update(flags, "command line")
+    method_params = {k[4:]: v for k, v in given.items() if k.startswith("mp__")}
+    if method_params:
+        cfg.method_params = {**cfg.method_params, **method_params}
+    return cfg
+
+
+def cmd_methods() -> None:
+    from .methods import list_methods
+
+    for cls in list_methods():
+        print(f"{cls.name}")
+        print(textwrap.fill(cls.description, 88, initial_indent="    ", subsequent_indent="    "))
+        for p in cls.params:
+            print(f"    {p.flag} ({p.type.__name__}, default {p.default}): {p.help}")
+        print()
+
+
+def cmd_models() -> None:
+    from .models import list_models
+
+    for entry in list_models():
+        opts = ", ".join(f"{k}={v}" for k, v in entry.options.items()) or "none"
+        print(f"{entry.name:18s} {entry.description}\n{'':18s} options: {opts}")
+
+
+def cmd_datasets() -> None:
+    from .data import DATASETS, default_data_dir
+
+    print(f"default data dir: {default_data_dir()} (override with --data-dir or $FASTROBUST_DATA)")
+    for name, info in sorted(DATASETS.items()):
+        print(f"{name:14s} {info.num_classes:4d} classes, {info.channels}x{info.image_size[0]}x{info.image_size[1]}, default eps {info.eps:.4g}")
+    print(f"{'imagefolder':14s} your own images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., pass --data-dir DIR")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from .engine import train
+
+            train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(out=args.out, epochs=args.epochs, methods=args.methods, progress=False if args.no_progress else None)
+        elif args.command == "methods":
+            cmd_methods()
+        elif args.command == "models":
+            cmd_models()
+        elif args.command == "datasets":
+            cmd_datasets()
+        else:
+            parser.print_help()
+            return 0
+    except FastrobustError as exc:
+        print(f"fastrobust: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastrobust: interrupted (a run can be continued with `fastrobust train --resume --out DIR`)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,346 @@
+"""The training loop shared by every method.
+
+The engine owns the optimizer, the LR and eps schedules, epochs, evaluation
+on the validation split, checkpoints, logging, timing and cost accounting.
+It never knows which method runs: it hands each minibatch to
+``method.train_batch`` with a ``step`` function and adds up what the method
+reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import TrainConfig, recipe_step, resolve, save_yaml, validate, load_yaml
+from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
+from ..errors import ConfigError, FastrobustError
+from ..evaluation import evaluate_split
+from ..methods import Batch, MethodContext, get_method
+from ..models import create_model
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .distributed import init_from_env
+from .schedules import LRSchedule, eps_scale
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class RunLog:
+    """Writes human lines to stdout and ``train.log``, and metrics to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print):
+        self.out, self.enabled, self.echo = out, enabled, echo
+
+    def info(self, line: str) -> None:
+        if self.enabled:
+            self.echo(line)
+            with open(self.out / "train.log", "a") as fh:
+                fh.write(line + "\n")
+
+    def metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        """On resume, drop metric lines of epochs that the checkpoint does not cover."""
+        path = self.out / "metrics.jsonl"
+        if self.enabled and path.exists():
+            lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= epoch]
+            atomic_write_text(path, "".join(l + "\n" for l in lines))
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    info: object
+    train: object
+    val: object
+    test: object
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Resolve and validate the configuration, then load and split the data.
+
+    Every check that needs no data runs before the data is loaded.
+    """
+    method_cls = get_method(cfg.method)
+    if cfg.dataset not in DATASETS and cfg.dataset != "imagefolder":
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}. Available: {', '.join(sorted([*DATASETS, 'imagefolder']))}")
+    known_info = DATASETS.get(cfg.dataset)
+    if known_info is not None:
+        _resolve_and_check(cfg, known_info, method_cls)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    resolved = _resolve_and_check(cfg, data.info, method_cls)
+    train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed)
+    train = take_subset(train, resolved.train_subset, seed=resolved.seed)
+    test = take_subset(data.test, resolved.test_subset, seed=resolved.seed)
+    if len(train) < 1:
+        raise ConfigError("no training examples left after the validation split; lower --val-size")
+    return Prepared(resolved, data.info, train, val, test)
+
+
+def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
+    resolved = resolve(cfg, info, method_cls)
+    validate(resolved)
+    method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
+    # build the model once on the meta device to refuse unknown names/options now
+    with torch.device("meta"):
+        create_model(resolved.model, num_classes=info.num_classes, in_channels=info.channels,
+                     image_size=tuple(info.image_size), mean=tuple(info.mean), std=tuple(info.std),
+                     **resolved.model_options)
+    return resolved
+
+
+def default_out_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.method}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
+          echo: Callable[[str], None] = print) -> dict:
+    """Run one training job to the end and return its summary (also written to ``summary.json``)."""
+    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with --out {out}?)")
+        cfg = _merge_for_resume(cfg, out)
+    elif (out / "last.pt").exists() or (out / "summary.json").exists():
+        raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    cfg.out = str(out)
+
+    prep = prepare(cfg)
+    cfg, info = prep.cfg, prep.info
+    device = pick_device(cfg.device)
+    dist = init_from_env(device.type)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+    log = RunLog(out, dist.is_main, echo)
+    torch.manual_seed(cfg.seed + dist.rank)
+
+    loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
+                          crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
+    model_spec = dict(name=cfg.model, num_classes=info.num_classes, in_channels=info.channels,
+                      image_size=list(info.image_size), mean=list(info.mean), std=list(info.std),
+                      options=dict(cfg.model_options))
+    model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.channels,
+                         image_size=tuple(info.image_size), mean=tuple(info.mean), std=tuple(info.std),
+                         **cfg.model_options).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    raw_model = model
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    schedule = LRSchedule.from_config(cfg)
+
+    method_cls = get_method(cfg.method)
+    method = method_cls(
+        MethodContext(num_classes=info.num_classes, input_std=raw_model.input_std.to(device), epochs=cfg.epochs,
+                      batches_per_epoch=len(loader), all_reduce_sum=dist.all_reduce_sum),
+        **cfg.method_params,
+    )
+
+    def step(loss: torch.Tensor, wrt: torch.Tensor | None = None):
+        opt.zero_grad(set_to_none=True)
+        if wrt is not None:
+            wrt.grad = None
+        scaler.scale(loss).backward()
+        grad = None
+        if wrt is not None:
+            grad = wrt.grad.detach()
+            if scaler.is_enabled():
+                grad = grad / scaler.get_scale()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        return grad
+
+    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "best_robust": -1.0, "best_epoch": 0}
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        raw_model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        method.load_state_dict(ckpt["method"])
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        log.keep_metrics_before(state["epoch"])
+        log.info(f"resuming {out} after epoch {state['epoch']}")
+    else:
+        log.info(f"training {cfg.method} on {cfg.dataset} ({len(prep.train)} train / {len(prep.val)} val / "
+                 f"{len(prep.test)} test) with {cfg.model} on {device}, eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, "
+                 f"{cfg.epochs} epochs -> {out}")
+
+    val_alpha = recipe_step(cfg.eps, cfg.val_steps, info.alpha / info.eps)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    n_batches = len(loader)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        loader.set_epoch(epoch)
+        model.train()
+        totals = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, correct, n, passes
+        _sync(device)
+        start = time.perf_counter()
+        bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=(not dist.is_main) if progress is None else (not progress or not dist.is_main))
+        for i, (x, y) in enumerate(bar):
+            t = epoch + i / n_batches
+            lr = schedule(t)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            scale = eps_scale(t, cfg.eps_warmup)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out_b = method.train_batch(model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), step)
+            n = len(y)
+            totals += torch.stack([out_b.loss.double() * n, (out_b.logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(n), dtype=torch.float64, device=device),
+                                   torch.tensor(out_b.passes, dtype=torch.float64, device=device)])
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{out_b.loss.item():.3f}", lr=f"{lr:.3g}")
+        method.on_epoch_end(epoch)
+        _sync(device)
+        epoch_seconds = time.perf_counter() - start
+        loss_sum, correct, seen, passes = dist.all_reduce_sum(totals).tolist()
+        epoch_passes = passes / (len(prep.train))
+        state["passes"] += epoch_passes
+        state["train_seconds"] += epoch_seconds
+
+        val = evaluate_split(raw_model, prep.val, eps=cfg.eps, steps=cfg.val_steps, alpha=val_alpha, loss="cw",
+                             batch_size=cfg.eval_batch_size, device=device)
+        record = {
+            "epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
+            "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
+            "epoch_passes": epoch_passes, "passes": state["passes"],
+            "epoch_seconds": epoch_seconds, "train_seconds": state["train_seconds"],
+            **method.state(),
+        }
+        state["epoch"] = epoch + 1
+        robust = val["robust_acc"] if val["robust_acc"] is not None else 0.0
+        improved = val["n"] == 0 or robust > state["best_robust"]
+        if improved:
+            state["best_robust"], state["best_epoch"] = robust, epoch + 1
+        log.metrics(record)
+        log.info(_epoch_line(record, cfg.epochs))
+        if dist.is_main:
+            payload = {"model_spec": model_spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
+                       "epoch": epoch + 1, "version": __version__}
+            if improved:
+                save_checkpoint(out / "best.pt", payload)
+            rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                                              "method": method.state_dict(), "state": dict(state), "rng": rng})
+        dist.barrier()
+
+    # final test evaluation of the best checkpoint
+    best = load_checkpoint(out / "best.pt")
+    raw_model.load_state_dict(best["model"])
+    test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
+    test = evaluate_split(raw_model, prep.test, eps=cfg.eps, steps=cfg.test_steps, alpha=test_alpha, loss="ce",
+                          batch_size=cfg.eval_batch_size, device=device)
+    last = _last_metrics(out)
+    summary = {
+        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
+        "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
+        "passes_per_example": state["passes"], "train_seconds": state["train_seconds"],
+        "best_epoch": state["best_epoch"],
+        "val_clean_acc": best_record(out, state["best_epoch"]).get("val_clean_acc"),
+        "val_robust_acc": best_record(out, state["best_epoch"]).get("val_robust_acc"),
+        "last_val_robust_acc": last.get("val_robust_acc"),
+        "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
+        "test_attack": f"PGD-{cfg.test_steps} CE, eps {cfg.eps:.4g}, alpha {test_alpha:.4g}, 1 restart",
+        "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
+        "torch_version": torch.__version__, "fastrobust_version": __version__,
+    }
+    if dist.is_main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
+             f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
+             f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
+    return summary
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    extra = "".join(f" {k} {v:.4g}" if isinstance(v, float) else f" {k} {v}"
+                    for k, v in r.items() if k not in _CORE_KEYS)
+    return (f"epoch {r['epoch']}/{epochs}: loss {r['train_loss']:.4f} acc {_pct(r['train_acc'])} | "
+            f"val clean {_pct(r['val_clean_acc'])} robust {_pct(r['val_robust_acc'])} | "
+            f"{r['passes']:.1f} passes/ex, {r['epoch_seconds']:.1f} s (lr {r['lr']:.3g}, eps {r['eps']:.3g}){extra}")
+
+
+_CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc",
+              "epoch_passes", "passes", "epoch_seconds", "train_seconds"}
+
+
+def _read_metrics(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def _last_metrics(out: Path) -> dict:
+    records = _read_metrics(out)
+    return records[-1] if records else {}
+
+
+def best_record(out: Path, epoch: int) -> dict:
+    return next((r for r in _read_metrics(out) if r["epoch"] == epoch), {})
+
+
+# keys that may differ when resuming (they do not change the result)
+_RESUME_FREE = {"out", "device", "data_dir"}
+
+
+def _merge_for_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
+    """The saved configuration, with a check that no result-changing option was changed."""
+    saved = TrainConfig().update(load_yaml(out / "config.yaml"), f"{out / 'config.yaml'}")
+    given = cfg.to_dict()
+    defaults = TrainConfig().to_dict()
+    for key, value in given.items():
+        if key in _RESUME_FREE or value == defaults[key] or value == getattr(saved, key):
+            continue
+        raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} when the run started, now {value!r}; "
+                          f"a resumed run keeps its configuration (start a new run with another --out to change it)")
+    for key in _RESUME_FREE:
+        if given[key] != defaults[key]:
+            setattr(saved, key, given[key])
+    return saved

@@ -1,0 +1,20 @@
+"""Training methods, one small module per family, all behind :class:`Method`."""
+
+from .base import (
+    BACKWARD,
+    FORWARD,
+    Batch,
+    Method,
+    MethodContext,
+    Param,
+    StepOutput,
+    get_method,
+    list_methods,
+    register_method,
+)
+from . import fgsm_rs, free, natural, pgd  # noqa: F401  (register the methods)
+
+__all__ = [
+    "BACKWARD", "FORWARD", "Batch", "Method", "MethodContext", "Param", "StepOutput",
+    "get_method", "list_methods", "register_method",
+]

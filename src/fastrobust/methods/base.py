@@ -1,0 +1,183 @@
+"""The one interface every training method implements.
+
+A method turns a minibatch into optimisation: the engine calls
+:meth:`Method.train_batch` with the model (in train mode), the batch and a
+``step`` function; the method computes its loss and calls ``step(loss)``
+once (or, for replay methods such as Free-AT, once per replay). ``step``
+does backward, gradient scaling, clipping and the optimizer update, and
+returns the (unscaled) gradient of the loss with respect to ``wrt`` if one
+is given, so a replay's input gradient comes from the same backward pass.
+The method reports what it spent in example-passes (one forward+backward
+of one example = 1; forward only 1/3; backward only 2/3). A method knows
+nothing of checkpoints, logging, schedules or processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+# Passes per example of each kind of work (METHODS.md): forward+backward = 1.
+FORWARD = 1.0 / 3.0
+BACKWARD = 2.0 / 3.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter, exposed as ``--name`` on the command line."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def convert(self, value: Any, method: str) -> Any:
+        where = f"method {method!r}, parameter {self.name}"
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif self.type is float:
+                from ..config import parse_number
+
+                value = parse_number(value, where)
+            elif self.type is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+                raise ValueError
+            else:
+                value = self.type(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {self.type.__name__}, got {value!r}") from None
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where} must be >= {self.minimum}, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        return value
+
+
+@dataclass
+class Batch:
+    """One minibatch with the attack budget in force for it (eps may ramp up)."""
+
+    x: torch.Tensor      # [0,1] images
+    y: torch.Tensor
+    eps: float
+    alpha: float
+
+
+@dataclass
+class StepOutput:
+    """What a method reports for one minibatch."""
+
+    loss: torch.Tensor     # detached scalar: the mean training loss of the (last) weight step
+    logits: torch.Tensor   # logits of the inputs the weights were trained on, for training accuracy
+    passes: float          # example-passes spent on this batch, summed over its examples
+
+
+class StepFn(Protocol):
+    def __call__(self, loss: torch.Tensor, wrt: torch.Tensor | None = None) -> torch.Tensor | None: ...
+
+
+@dataclass
+class MethodContext:
+    """Facts about the run that a method may need; given by the engine."""
+
+    num_classes: int
+    input_std: torch.Tensor            # (C,) std of the model's input normalisation
+    epochs: int
+    batches_per_epoch: int
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t   # across processes (identity on one)
+
+
+class Method:
+    """Base class: subclasses set ``name``, ``description``, ``params`` and implement ``train_batch``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    uses_alpha: ClassVar[bool] = True
+
+    def __init__(self, ctx: MethodContext, **params: Any) -> None:
+        self.ctx = ctx
+        for p in self.params:
+            setattr(self, p.name, params[p.name])
+
+    # ---- configuration ---------------------------------------------------
+    @classmethod
+    def resolve_params(cls, given: dict) -> dict:
+        """Check the given parameters against ``params`` and fill defaults."""
+        known = {p.name: p for p in cls.params}
+        out = {}
+        for key, value in (given or {}).items():
+            norm = key.replace("-", "_")
+            if norm not in known:
+                allowed = ", ".join(p.flag for p in cls.params) or "none"
+                raise ConfigError(f"{key!r} is not a parameter of method {cls.name!r} (its parameters: {allowed})")
+            out[norm] = known[norm].convert(value, cls.name)
+        for p in cls.params:
+            out.setdefault(p.name, p.default)
+        return out
+
+    @classmethod
+    def default_alpha(cls, eps: float, recipe_ratio: float, params: dict) -> float:
+        """The attack step used when ``--alpha`` is not given."""
+        return eps
+
+    @classmethod
+    def check_config(cls, eps: float, alpha: float, params: dict) -> None:
+        """Refuse combinations of eps, alpha and parameters that make no sense."""
+
+    # ---- training ----------------------------------------------------------
+    def train_batch(self, model: nn.Module, batch: Batch, step: StepFn) -> StepOutput:
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each epoch (0-based) on every process; may change the method's own state."""
+
+    def state(self) -> dict:
+        """Method state to log with each epoch's metrics (e.g. ``r``, ``K``)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume the method exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}. Available methods: {', '.join(sorted(_REGISTRY))} (see `fastrobust methods`)")
+    return _REGISTRY[name]
+
+
+def list_methods() -> list[type[Method]]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy computed in float32 (safe under autocast)."""
+    return nn.functional.cross_entropy(logits.float(), y)

@@ -1,0 +1,138 @@
+"""The training engine on the shipped MNIST subset: outputs, cost, checkpoints, resume."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import fastrobust
+from fastrobust.config import TrainConfig
+from fastrobust.engine import checkpoint as ckpt_mod
+from fastrobust.engine import load_checkpoint, train
+from fastrobust.errors import FastrobustError
+
+SMALL = dict(dataset="mnist-subset", train_subset=300, val_size=100, test_subset=100, batch_size=50,
+             val_steps=3, test_steps=3, eps=0.3)
+
+
+def _cfg(tmp_path, name="run", **kw):
+    return TrainConfig(**{**SMALL, "out": str(tmp_path / name), **kw})
+
+
+def _lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_outputs_contract(tmp_path):
+    summary = train(_cfg(tmp_path, method="pgd", epochs=2, method_params={"steps": 2}), progress=False, echo=lambda s: None)
+    out = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "train.log"):
+        assert (out / name).is_file(), name
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == "pgd" and config["model"] == "mnist-cnn" and config["method_params"]["steps"] == 2
+    records = _lines(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("epoch", "lr", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc", "passes", "train_seconds"):
+        assert key in records[0]
+    assert records[1]["passes"] == pytest.approx(6.0)           # 2 epochs x (K+1) with K = 2
+    assert records[1]["train_seconds"] >= records[0]["train_seconds"] > 0
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("method", "dataset", "model", "epochs", "passes_per_example", "train_seconds", "best_epoch",
+                "val_clean_acc", "val_robust_acc", "test_clean_acc", "test_robust_acc", "fastrobust_version"):
+        assert key in summary
+    assert summary["passes_per_example"] == pytest.approx(6.0) and summary["test_examples"] == 100
+    best = max(records, key=lambda r: r["val_robust_acc"])
+    assert summary["val_robust_acc"] == best["val_robust_acc"]
+    model = fastrobust.load_model(out / "best.pt")
+    assert not model.training
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4, 10)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(_cfg(tmp_path, method="natural", epochs=1), progress=False, echo=lambda s: None)
+    with pytest.raises(FastrobustError, match="already holds a run"):
+        train(_cfg(tmp_path, method="natural", epochs=1), progress=False, echo=lambda s: None)
+
+
+def test_invalid_config_refused_before_any_output(tmp_path):
+    with pytest.raises(FastrobustError):
+        train(_cfg(tmp_path, method="pgd", eps=0.1, alpha=0.5), progress=False, echo=lambda s: None)
+    with pytest.raises(FastrobustError, match="unknown model"):
+        train(_cfg(tmp_path, method="pgd", model="resnet9000"), progress=False, echo=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_free_costs_replays_per_epoch(tmp_path):
+    s = train(_cfg(tmp_path, method="free", epochs=2, method_params={"replays": 3}), progress=False, echo=lambda s: None)
+    assert s["passes_per_example"] == pytest.approx(6.0)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
+    kw = dict(method="free", epochs=3, method_params={"replays": 2}, seed=3)
+    train(_cfg(tmp_path, "full", **kw), progress=False, echo=lambda s: None)
+
+    real_save = ckpt_mod.save_checkpoint
+    saved = []
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if path.name == "last.pt":
+            saved.append(path)
+            if len(saved) == 1:
+                raise Killed("killed after epoch 1")
+
+    monkeypatch.setattr("fastrobust.engine.trainer.save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(_cfg(tmp_path, "killed", **kw), progress=False, echo=lambda s: None)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
+    summary = train(_cfg(tmp_path, "killed", **kw), resume=True, progress=False, echo=lambda s: None)
+
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k} for r in rs]
+    assert strip(_lines(tmp_path / "full" / "metrics.jsonl")) == strip(_lines(tmp_path / "killed" / "metrics.jsonl"))
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["test_robust_acc"] == full["test_robust_acc"] and summary["passes_per_example"] == full["passes_per_example"]
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    train(_cfg(tmp_path, method="natural", epochs=1), progress=False, echo=lambda s: None)
+    with pytest.raises(FastrobustError, match="seed was 0"):
+        train(_cfg(tmp_path, method="natural", epochs=1, seed=5), resume=True, progress=False, echo=lambda s: None)
+    with pytest.raises(FastrobustError, match="holds no last.pt"):
+        train(_cfg(tmp_path, "nothing", method="natural"), resume=True, progress=False, echo=lambda s: None)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt_mod.save_checkpoint(path, {"epoch": 1})
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt_mod.save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]      # no temporary file left behind
+
+
+def test_foreign_or_corrupted_checkpoint_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(FastrobustError, match="not a fastrobust checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(FastrobustError, match="cannot be read"):
+        load_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(FastrobustError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
