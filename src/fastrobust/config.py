@@ -125,11 +125,11 @@ def recipe_step(eps: float, steps: int, recipe_ratio: float) -> float:
     ``recipe_ratio`` is the published recipe's alpha/eps for the data set
     (CIFAR 2/255 at 8/255: 0.25; MNIST 0.01 at 0.3: 1/30). The recipe's
     step is used when ``steps`` such steps can cross the ball; otherwise
-    2.5 * eps / steps, so that the attack can reach the far side.
+    2.5 * eps / steps (at most eps), so that the attack can reach the far side.
     """
     if steps * recipe_ratio >= 1.0:
         return recipe_ratio * eps
-    return 2.5 * eps / steps
+    return min(eps, 2.5 * eps / steps)
 
 
 def _is_small(info) -> bool:

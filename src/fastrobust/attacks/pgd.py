@@ -116,7 +116,7 @@ def _attack(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """One PGD run (a single restart); returns ``x_adv``."""
-    delta = tm.project(tm.start(x, eps, generator), x, eps) if random_start else torch.zeros_like(x)
+    delta = tm.random_delta(x, eps, generator) if random_start else torch.zeros_like(x)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # examples still being updated
     # Forwarding only the active examples would change batch-norm statistics in train mode.
     sub_batch = early_stop and not any(m.training for m in model.modules())
@@ -135,7 +135,9 @@ def _attack(
     return (x + delta).clamp(0, 1)
 
 
-def _input_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+def _input_grad(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: LossFn
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the summed loss ``lf`` w.r.t. ``x_adv`` only, and the (detached) logits."""
     x_adv = x_adv.detach().requires_grad_(True)
     logits = model(x_adv)
@@ -144,7 +146,9 @@ def _input_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: Loss
 
 
 @torch.no_grad()
-def _outcome(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+def _outcome(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: LossFn
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: whether ``x_adv`` is misclassified, and its loss."""
     logits = model(x_adv)
     return logits.argmax(1) != y, lf(logits, y)

@@ -41,7 +41,9 @@ def project_l2(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor
     return _box(delta * scale, x)
 
 
-def _draw(sample: Callable, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    sample: Callable, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """``sample(shape)`` (``torch.rand``/``torch.randn``) on the generator's device, moved to ``like``'s."""
     device = like.device if generator is None else generator.device
     return sample(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
@@ -54,7 +56,7 @@ def _linf_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) 
 def _l2_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
     """Uniform in the ball: a Gaussian direction times a radius ``eps * U^(1/d)``."""
     direction = _draw(torch.randn, x.shape, x, generator)
-    radius = eps * _draw(torch.rand, (len(x),), x, generator) ** (1 / x[0].numel())
+    radius = eps * _draw(torch.rand, (len(x),), x, generator) ** (1 / x.shape[1:].numel())
     return direction / _l2_norm(direction).clamp_min(1e-12) * per_example(radius, x)
 
 
@@ -72,6 +74,10 @@ class ThreatModel(NamedTuple):
     start: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]  # unprojected random delta
     direction: Callable[[torch.Tensor], torch.Tensor]  # gradient -> unit-norm ascent direction
     project: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (delta, x, eps) -> feasible delta
+
+    def random_delta(self, x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A feasible random start: :attr:`start` followed by :attr:`project`."""
+        return self.project(self.start(x, eps, generator), x, eps)
 
 
 THREAT_MODELS = {
@@ -92,5 +98,4 @@ def random_start(
 ) -> torch.Tensor:
     """A random perturbation in the ``norm`` ball of radius ``eps`` (uniform for ``"linf"``,
     uniform in the ball for ``"l2"``), projected so ``x + delta`` is in ``[0, 1]``."""
-    tm = threat_model(norm)
-    return tm.project(tm.start(x, eps, generator), x, eps)
+    return threat_model(norm).random_delta(x, eps, generator)

@@ -1,9 +1,10 @@
-"""Helpers shared by the file-format readers: reading (possibly gzipped) files
-and turning validated numpy arrays into a :class:`Split`."""
+"""Helpers shared by the file-format readers: the default data folder, reading
+(possibly gzipped) files and turning validated numpy arrays into a :class:`Split`."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import torch
 
 from ..errors import DataError
 from .core import Split
+
+DATA_ENV = "FASTROBUST_DATA"
+
+
+def default_data_dir() -> Path:
+    """Where data sets are looked for and downloaded to: ``$FASTROBUST_DATA``, else ``~/.cache/fastrobust``."""
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "fastrobust").expanduser()
 
 
 def read_bytes(path: Path) -> bytes:

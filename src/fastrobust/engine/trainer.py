@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         scaler.update()
         return grad
 
-    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "best_robust": -1.0, "best_epoch": 0}
+    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "best_score": [-1.0, -1.0], "best_epoch": 0}
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
         raw_model.load_state_dict(ckpt["model"])
@@ -252,10 +252,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             **method.state(),
         }
         state["epoch"] = epoch + 1
-        robust = val["robust_acc"] if val["robust_acc"] is not None else 0.0
-        improved = val["n"] == 0 or robust > state["best_robust"]
+        # best = highest validation robust accuracy, ties broken by clean accuracy (no split: the last epoch)
+        score = [val["robust_acc"], val["clean_acc"]] if val["n"] else [0.0, 0.0]
+        improved = val["n"] == 0 or score > state["best_score"]
         if improved:
-            state["best_robust"], state["best_epoch"] = robust, epoch + 1
+            state["best_score"], state["best_epoch"] = score, epoch + 1
         log.metrics(record)
         log.info(_epoch_line(record, cfg.epochs))
         if dist.is_main:
@@ -274,15 +275,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
     test = evaluate_split(raw_model, prep.test, eps=cfg.eps, steps=cfg.test_steps, alpha=test_alpha, loss="ce",
                           batch_size=cfg.eval_batch_size, device=device)
-    last = _last_metrics(out)
+    records = _read_metrics(out)
+    best_rec = next((r for r in records if r["epoch"] == state["best_epoch"]), {})
     summary = {
         "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
         "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
         "passes_per_example": state["passes"], "train_seconds": state["train_seconds"],
         "best_epoch": state["best_epoch"],
-        "val_clean_acc": best_record(out, state["best_epoch"]).get("val_clean_acc"),
-        "val_robust_acc": best_record(out, state["best_epoch"]).get("val_robust_acc"),
-        "last_val_robust_acc": last.get("val_robust_acc"),
+        "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
+        "last_val_robust_acc": records[-1].get("val_robust_acc"),
         "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
         "test_attack": f"PGD-{cfg.test_steps} CE, eps {cfg.eps:.4g}, alpha {test_alpha:.4g}, 1 restart",
         "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
@@ -315,15 +316,6 @@ _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", 
 def _read_metrics(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
-
-
-def _last_metrics(out: Path) -> dict:
-    records = _read_metrics(out)
-    return records[-1] if records else {}
-
-
-def best_record(out: Path, epoch: int) -> dict:
-    return next((r for r in _read_metrics(out) if r["epoch"] == epoch), {})
 
 
 # keys that may differ when resuming (they do not change the result)

@@ -21,14 +21,13 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean_t.numel() != std_t.numel():
-            raise ConfigError(f"mean and std need one value per channel; got {mean_t.numel()} and {std_t.numel()}")
-        if not bool((std_t > 0).all()):
-            raise ConfigError(f"std must be > 0 for every channel, got {std_t.tolist()}")
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
-        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != len(std):
+            raise ConfigError(f"mean and std need one value per channel; got {len(mean)} and {len(std)}")
+        if not all(s > 0 for s in std):
+            raise ConfigError(f"std must be > 0 for every channel, got {std}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -11,7 +11,8 @@ from fastrobust.models.resnet import PreActBlock, ResNet
 
 @register_model("wrn-34-10", "WideResNet (Madry/TRADES CIFAR WRN-34-10); depth = 6n+4, widen = width factor")
 def wide_resnet(
-    num_classes: int, in_channels: int, image_size: tuple[int, int], *, depth: int = 34, widen: int = 10, drop: float = 0.0
+    num_classes: int, in_channels: int, image_size: tuple[int, int], *,
+    depth: int = 34, widen: int = 10, drop: float = 0.0,
 ) -> nn.Module:
     depth, widen, drop = int_option("depth", depth), int_option("widen", widen), rate_option("drop", drop)
     if depth < 10 or (depth - 4) % 6:
