@@ -136,3 +136,25 @@ def test_foreign_or_corrupted_checkpoint_refused(tmp_path):
         load_checkpoint(tmp_path / "broken.pt")
     with pytest.raises(FastrobustError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_short_real_training_run_gains_robustness(tmp_path):
+    """PGD-AT on 4,000 real MNIST images of the shipped subset for 4 epochs.
+
+    Measured when this test was written (seeds 0, 1, 2): test PGD-20 accuracy 22.8%, 23.6%,
+    27.4% and clean 83.8-88.2%; an untrained mnist-cnn has 0.0% PGD-20 accuracy (clean 8-11%).
+    The thresholds leave a margin below the worst measured seed and far above the untrained model.
+    """
+    s = train(TrainConfig(method="pgd", dataset="mnist-subset", train_subset=4000, val_size=200, test_subset=500,
+                          epochs=4, eps_warmup=1, method_params={"steps": 5}, seed=0, out=str(tmp_path / "run")),
+              progress=False, echo=lambda s: None)
+    assert s["test_robust_acc"] >= 0.15
+    assert s["test_clean_acc"] >= 0.70
+
+
+def test_mixed_precision_and_channels_last_run_on_cpu(tmp_path):
+    s = train(_cfg(tmp_path, method="free", epochs=1, amp="bf16", channels_last=True, method_params={"replays": 2}),
+              progress=False, echo=lambda s: None)
+    assert s["passes_per_example"] == pytest.approx(2.0)
+    assert 0 <= s["test_robust_acc"] <= s["test_clean_acc"] + 0.05
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["amp"] == "bf16"

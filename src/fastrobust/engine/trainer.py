@@ -216,7 +216,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         _sync(device)
         start = time.perf_counter()
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=(not dist.is_main) if progress is None else (not progress or not dist.is_main))
+                   disable=True if not dist.is_main else (None if progress is None else not progress))
         for i, (x, y) in enumerate(bar):
             t = epoch + i / n_batches
             lr = schedule(t)
