@@ -20,7 +20,7 @@ MARKER = ".fastrobust-demo"
 # for checkpoint selection): Adam, eps 0.3 ramped up over the first epochs, which keeps
 # PGD-AT out of the "stuck at chance" start that METHODS.md reports for a cold start.
 RECIPE = TrainConfig(
-    dataset="mnist-subset", model="mnist-cnn", epochs=8, batch_size=100, optimizer="adam", lr=1e-3,
+    dataset="mnist-subset", model="mnist-cnn", epochs=15, batch_size=100, optimizer="adam", lr=1e-3,
     lr_schedule="multistep", eps=0.3, eps_warmup=3, val_size=500, seed=0,
 )
 METHOD_PARAMS = {"pgd": {"steps": 10}, "free": {"replays": 4}}
