@@ -23,6 +23,7 @@ Commands:
   methods   list the training methods and their parameters
   models    list the model architectures and their options
   datasets  list the data sets and where their files are looked for
+  plot      draw a run's per-epoch curves (accuracy, r/K schedule, gradient magnitude) to a PNG
 
 Cost is counted in passes per example (one forward+backward of one example = 1;
 forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--methods", default=None, metavar="A,B", help="comma-separated methods (default natural,fgsm-rs,pgd)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    pl = sub.add_parser("plot", help="draw a run's per-epoch curves to a PNG",
+                        description="Draws validation clean/robust accuracy per epoch and, for the dynamic methods, "
+                                    "the r/K schedule and the gradient magnitude MG with its threshold.")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `fastrobust train`")
+    pl.add_argument("--out", default=None, metavar="FILE.png", help="output file (default RUN_DIR/curves.png)")
+
     sub.add_parser("methods", help="list the training methods and their parameters")
     sub.add_parser("models", help="list the model architectures and their options")
     sub.add_parser("datasets", help="list the data sets")
@@ -201,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(out=args.out, epochs=args.epochs, methods=args.methods, progress=False if args.no_progress else None)
+        elif args.command == "plot":
+            from .reports import plot_run
+
+            print(f"wrote {plot_run(args.run_dir, args.out)}")
         elif args.command == "methods":
             cmd_methods()
         elif args.command == "models":
