@@ -67,20 +67,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint, weights loaded, in eval mode."""
+def model_spec(name: str, info, options: dict) -> dict:
+    """Everything needed to rebuild a model: saved in every checkpoint."""
+    return dict(name=name, num_classes=info.num_classes, in_channels=info.channels, image_size=list(info.image_size),
+                mean=list(info.mean), std=list(info.std), options=dict(options))
+
+
+def build_model(spec: dict):
+    """A fresh model from a :func:`model_spec` (unknown names or options raise ConfigError)."""
     from ..models import create_model
 
-    spec = payload["model_spec"]
-    model = create_model(
-        spec["name"],
-        num_classes=spec["num_classes"],
-        in_channels=spec["in_channels"],
-        image_size=tuple(spec["image_size"]),
-        mean=tuple(spec["mean"]),
-        std=tuple(spec["std"]),
-        **spec["options"],
-    )
+    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        image_size=tuple(spec["image_size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+                        **spec["options"])
+
+
+def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint, weights loaded, in eval mode."""
+    model = build_model(payload["model_spec"])
     model.load_state_dict(payload["model"])
     return model.to(device).eval()
 

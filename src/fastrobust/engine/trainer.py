@@ -26,8 +26,7 @@ from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_
 from ..errors import ConfigError, FastrobustError
 from ..evaluation import evaluate_split
 from ..methods import Batch, MethodContext, get_method
-from ..models import create_model
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, build_model, load_checkpoint, model_spec, save_checkpoint
 from .distributed import init_from_env
 from .schedules import LRSchedule, eps_scale
 
@@ -104,11 +103,8 @@ def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
     resolved = resolve(cfg, info, method_cls)
     validate(resolved)
     method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
-    # build the model once on the meta device to refuse unknown names/options now
-    with torch.device("meta"):
-        create_model(resolved.model, num_classes=info.num_classes, in_channels=info.channels,
-                     image_size=tuple(info.image_size), mean=tuple(info.mean), std=tuple(info.std),
-                     **resolved.model_options)
+    with torch.device("meta"):   # build the model without memory to refuse unknown names/options now
+        build_model(model_spec(resolved.model, info, resolved.model_options))
     return resolved
 
 
@@ -140,12 +136,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
 
     loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
                           crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
-    model_spec = dict(name=cfg.model, num_classes=info.num_classes, in_channels=info.channels,
-                      image_size=list(info.image_size), mean=list(info.mean), std=list(info.std),
-                      options=dict(cfg.model_options))
-    model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.channels,
-                         image_size=tuple(info.image_size), mean=tuple(info.mean), std=tuple(info.std),
-                         **cfg.model_options).to(device)
+    spec = model_spec(cfg.model, info, cfg.model_options)
+    model = build_model(spec).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     raw_model = model
@@ -260,7 +252,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         log.metrics(record)
         log.info(_epoch_line(record, cfg.epochs))
         if dist.is_main:
-            payload = {"model_spec": model_spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
+            payload = {"model_spec": spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
                        "epoch": epoch + 1, "version": __version__}
             if improved:
                 save_checkpoint(out / "best.pt", payload)
