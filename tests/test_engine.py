@@ -158,3 +158,14 @@ def test_mixed_precision_and_channels_last_run_on_cpu(tmp_path):
     assert s["passes_per_example"] == pytest.approx(2.0)
     assert 0 <= s["test_robust_acc"] <= s["test_clean_acc"] + 0.05
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["amp"] == "bf16"
+
+
+def test_resume_accepts_the_parameters_the_run_was_started_with(tmp_path):
+    cfg = lambda: _cfg(tmp_path, method="free", epochs=1, method_params={"replays": 2})
+    train(cfg(), progress=False, echo=lambda s: None)
+    # the saved config holds every (resolved) parameter; giving the original subset again is fine
+    s = train(cfg(), resume=True, progress=False, echo=lambda s: None)
+    assert s["passes_per_example"] == pytest.approx(2.0)
+    with pytest.raises(FastrobustError, match="method_params was"):
+        train(_cfg(tmp_path, method="free", epochs=1, method_params={"replays": 3}), resume=True,
+              progress=False, echo=lambda s: None)

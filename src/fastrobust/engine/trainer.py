@@ -322,6 +322,8 @@ def _merge_for_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
     for key, value in given.items():
         if key in _RESUME_FREE or value == defaults[key] or value == getattr(saved, key):
             continue
+        if key == "method_params" and all(saved.method_params.get(k.replace("-", "_")) == v for k, v in value.items()):
+            continue   # a partial set of parameters that agrees with the saved (resolved) ones
         raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} when the run started, now {value!r}; "
                           f"a resumed run keeps its configuration (start a new run with another --out to change it)")
     for key in _RESUME_FREE:

@@ -181,3 +181,10 @@ def list_methods() -> list[type[Method]]:
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy computed in float32 (safe under autocast)."""
     return nn.functional.cross_entropy(logits.float(), y)
+
+
+def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per example, in float32 from log-probabilities."""
+    log_p = nn.functional.log_softmax(logits_p.float(), dim=1)
+    log_q = nn.functional.log_softmax(logits_q.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
