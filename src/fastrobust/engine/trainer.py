@@ -179,7 +179,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         scaler.update()
         return grad
 
-    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "best_score": [-1.0, -1.0], "best_epoch": 0}
+    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "train_cpu_seconds": 0.0, "best_score": [-1.0, -1.0], "best_epoch": 0}
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
         raw_model.load_state_dict(ckpt["model"])
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         model.train()
         totals = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, correct, n, passes
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=True if not dist.is_main else (None if progress is None else not progress))
         for i, (x, y) in enumerate(bar):
@@ -228,10 +228,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         method.on_epoch_end(epoch)
         _sync(device)
         epoch_seconds = time.perf_counter() - start
+        # CPU seconds of this process (all its threads): unlike wall time, barely moved by other
+        # processes sharing the machine; equals wall time x threads when the threads are busy
+        epoch_cpu_seconds = time.process_time() - cpu_start
         loss_sum, correct, seen, passes = dist.all_reduce_sum(totals).tolist()
         epoch_passes = passes / (len(prep.train))
         state["passes"] += epoch_passes
         state["train_seconds"] += epoch_seconds
+        state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + epoch_cpu_seconds
 
         val = evaluate_split(raw_model, prep.val, eps=cfg.eps, steps=cfg.val_steps, alpha=val_alpha, loss="cw",
                              batch_size=cfg.eval_batch_size, device=device)
@@ -241,6 +245,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
             "epoch_passes": epoch_passes, "passes": state["passes"],
             "epoch_seconds": epoch_seconds, "train_seconds": state["train_seconds"],
+            "epoch_cpu_seconds": epoch_cpu_seconds, "train_cpu_seconds": state["train_cpu_seconds"],
             **method.state(),
         }
         state["epoch"] = epoch + 1
@@ -273,6 +278,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
         "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
         "passes_per_example": state["passes"], "train_seconds": state["train_seconds"],
+        "train_cpu_seconds": state["train_cpu_seconds"], "torch_threads": torch.get_num_threads(),
         "best_epoch": state["best_epoch"],
         "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
         "last_val_robust_acc": records[-1].get("val_robust_acc"),
@@ -302,7 +308,8 @@ def _epoch_line(r: dict, epochs: int) -> str:
 
 
 _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc",
-              "epoch_passes", "passes", "epoch_seconds", "train_seconds"}
+              "epoch_passes", "passes", "epoch_seconds", "train_seconds",
+              "epoch_cpu_seconds", "train_cpu_seconds"}
 
 
 def _read_metrics(out: Path) -> list[dict]:
