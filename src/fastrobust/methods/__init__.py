@@ -12,7 +12,7 @@ from .base import (
     list_methods,
     register_method,
 )
-from . import deat, fgsm_rs, free, mart, natural, pgd, trades  # noqa: F401  (register the methods)
+from . import deat, fgsm_rs, free, gaat, mart, natural, pgd, trades  # noqa: F401  (register the methods)
 
 __all__ = [
     "BACKWARD", "FORWARD", "Batch", "Method", "MethodContext", "Param", "StepOutput",

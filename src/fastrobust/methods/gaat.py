@@ -1,0 +1,202 @@
+"""GAAT: adversarial training with gradient approximation (Gong et al. 2023), as fastrobust reconstructs it.
+
+Only the paper's abstract can be had, so this is fastrobust's own
+reconstruction from it (METHODS.md section 3), not the authors' algorithm.
+
+For one example, l(delta) = CE(f(x + delta), y). PGD-K needs the true gradient
+g_k of l at each of its K iterates. GAAT keeps, per example, an *anchor*: the
+last iterate delta_j where it paid for a true gradient g_j (and l_j = l(delta_j)).
+The Taylor partial sum around it,
+
+    order 1:  l~(delta) = l_j + g_j . s                      (s = delta - delta_j)
+    order 2:  l~(delta) = l_j + g_j . s + h/2 |s|^2,
+
+predicts the adversarial loss, and its gradient (g_j, or g_j + h s) replaces
+the true one. Every ``check_every`` steps the loss is measured at the current
+iterate (a forward pass) and the relative remainder
+
+    rho = |l(delta) - l~(delta)| / max(|l~(delta) - l_j|, 1e-12)
+
+decides: rho <= tau keeps the approximation; rho > tau pays for a true gradient
+there, which becomes the new anchor. The first iterate (the uniform random
+start, as PGD) always gets a true gradient.
+
+Choices the abstract leaves open, and their reasons:
+
+* Order 2's Hessian-vector estimate is a secant one: h = (s . y) / (s . s)
+  from the example's last two anchors (y the difference of their gradients), a
+  Barzilai-Borwein scalar curvature. It costs nothing extra; until an example
+  has two anchors it is order 1 (h = 0).
+* Work only where it is needed. The check forward runs on the whole batch
+  (with its graph kept). If more than 2/3 of the examples need a true gradient,
+  one backward through that graph refreshes *every* example (2/3 pass each: it
+  costs less than re-running the sub-batch); otherwise only the examples that
+  need one are forwarded and backwarded again as a sub-batch (1 pass each).
+  The cost counted is the work done: 1/3 per checked example, plus 2/3 per
+  example (full backward) or 1 per refreshed example (sub-batch).
+* In train mode (``--attack-eval false``, the default, as fastrobust's PGD-AT)
+  a sub-batch normalises with its own BatchNorm statistics; models without
+  BatchNorm (mnist-cnn) are unaffected.
+
+With tau = 0 every check refreshes every example (rho > 0), so with
+check_every = 1 GAAT takes exactly PGD-K's steps from the same random start
+and produces its perturbation, at PGD-K's cost. A loss that is linear in delta
+(rho = 0) finishes the attack on its first true gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attacks import preserved_mode, project_linf, random_start
+from .base import BACKWARD, FORWARD, Batch, Param, StepOutput, cross_entropy, register_method
+from .pgd import ATTACK_EVAL, PGDAT
+
+RECONSTRUCTION = ("GAAT here is fastrobust's own reconstruction from the paper's abstract (the full text cannot be "
+                  "had), not the authors' code.")
+TINY = 1e-12
+FULL_BACKWARD_SHARE = BACKWARD   # refresh everyone with one backward when more than this share needs it
+
+
+@dataclass
+class AttackStats:
+    """Counts of one or more GAAT attacks (summed over examples)."""
+
+    examples: int = 0
+    steps: int = 0             # gradient uses (K per example)
+    approximated: int = 0      # of which used an approximated gradient
+    true_grads: int = 0        # true input gradients paid for (the start included)
+    checks: int = 0            # forwards that measured the remainder
+    remainder_sum: float = 0.0
+    passes: float = 0.0        # attack passes, METHODS.md units
+    extra: dict = field(default_factory=dict)
+
+    def add(self, other: "AttackStats") -> None:
+        for name in ("examples", "steps", "approximated", "true_grads", "checks", "remainder_sum", "passes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_tensor(self, device) -> torch.Tensor:
+        return torch.tensor([self.examples, self.steps, self.approximated, self.true_grads, self.checks,
+                             self.remainder_sum, self.passes], dtype=torch.float64, device=device)
+
+
+def _losses_and_grads(model, x, delta, y, rows=None):
+    """Per-example CE losses at x + delta (rows only) and their input gradients."""
+    if rows is not None:
+        x, delta, y = x[rows], delta[rows], y[rows]
+    ds = delta.detach().requires_grad_(True)
+    losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
+    (grad,) = torch.autograd.grad(losses.sum(), ds)
+    return losses.detach(), grad
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.flatten(1) * b.flatten(1)).sum(1)
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float,
+                check_every: int = 1, order: int = 1, eval_mode: bool = False,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, AttackStats]:
+    """K-step L-inf attack on CE with approximated gradients; returns ``x_adv`` and what it cost."""
+    x, y = x.detach(), y.detach()
+    n = len(x)
+    st = AttackStats(examples=n, steps=n * steps)
+    delta = random_start(x, eps, generator=generator)
+    with preserved_mode(model, eval_mode), torch.enable_grad():
+        loss_j, g_j = _losses_and_grads(model, x, delta, y)
+        st.true_grads += n
+        st.passes += n
+        anchor = delta.clone()
+        curv = torch.zeros(n, device=x.device)          # order 2: secant curvature per example
+        grad = g_j
+        for k in range(1, steps + 1):
+            delta = project_linf(delta + alpha * grad.sign(), x, eps)
+            if k == steps:
+                break
+            s = delta - anchor
+            if k % check_every:
+                st.approximated += n
+                grad = g_j + _expand(curv, s) * s if order == 2 else g_j
+                continue
+            # measure the remainder with a forward pass (graph kept for a possible full backward)
+            ds = delta.detach().requires_grad_(True)
+            losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
+            change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if order == 2 else 0.0)
+            rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
+            st.checks += n
+            st.remainder_sum += rho.clamp(max=1e6).sum().item()
+            refresh = rho > tau
+            n_refresh = int(refresh.sum())
+            if n_refresh > FULL_BACKWARD_SHARE * n:
+                (new_g,) = torch.autograd.grad(losses.sum(), ds)
+                refresh = torch.ones_like(refresh)
+                new_loss, n_refresh = losses.detach(), n
+                st.passes += n * (FORWARD + BACKWARD)
+            else:
+                del losses, ds
+                st.passes += n * FORWARD + n_refresh
+                rows = refresh.nonzero().squeeze(1)
+                new_loss, new_g = _losses_and_grads(model, x, delta, y, rows) if n_refresh else (None, None)
+            st.true_grads += n_refresh
+            st.approximated += n - n_refresh
+            if n_refresh:
+                if order == 2:   # secant curvature from the old and new anchors of the refreshed examples
+                    s_r = s[refresh]
+                    curv[refresh] = _dot(s_r, new_g - g_j[refresh]) / _dot(s_r, s_r).clamp_min(TINY)
+                anchor[refresh], g_j, loss_j = delta[refresh], g_j.clone(), loss_j.clone()
+                g_j[refresh], loss_j[refresh] = new_g, new_loss
+            grad = g_j + _expand(curv, s) * (delta - anchor) if order == 2 else g_j
+    return (x + delta).clamp(0, 1), st
+
+
+@register_method
+class GAAT(PGDAT):
+    name = "gaat"
+    description = ("GAAT (Gong et al. 2023), fastrobust's reconstruction from the abstract: PGD-K whose input "
+                   "gradient is the gradient of a first-order (or second-order) Taylor partial sum of the "
+                   "adversarial loss around the last true gradient; a forward every check_every steps measures the "
+                   "partial sum's relative remainder, and only examples whose remainder exceeds tau pay for a new "
+                   "true gradient. Cost 1 + 1/3 per check + the refreshes + 1 (weight step). " + RECONSTRUCTION)
+    params = (
+        Param("steps", int, 10, "K, the attack's step budget (as PGD-K)", minimum=1),
+        Param("tau", float, 0.3, "refresh an example's true gradient when the Taylor remainder, relative to the "
+              "predicted loss change, exceeds tau (0: every check refreshes: PGD-K)", minimum=0),
+        Param("check_every", int, 2, "measure the remainder (one forward) every this many steps", minimum=1),
+        Param("order", int, 1, "Taylor order of the partial sum: 1, or 2 (adds a secant Hessian-vector estimate)",
+              choices=(1, 2)),
+        ATTACK_EVAL,
+    )
+
+    def __init__(self, ctx, **params):
+        super().__init__(ctx, **params)
+        self._epoch = AttackStats()
+        self._last: dict = {}
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x_adv, st = gaat_attack(model, batch.x, batch.y, batch.eps, batch.alpha, self.steps, self.tau,
+                                self.check_every, self.order, self.attack_eval)
+        self._epoch.add(st)
+        logits = model(x_adv)
+        loss = cross_entropy(logits, batch.y)
+        step(loss)
+        return StepOutput(loss.detach(), logits.detach(), passes=st.passes + len(batch.y))
+
+    def on_epoch_end(self, epoch: int) -> None:
+        device = self.ctx.input_std.device
+        ex, steps, approx, true, checks, rem, passes = self.ctx.all_reduce_sum(self._epoch.as_tensor(device)).tolist()
+        self._last = {
+            "approx_share": approx / max(steps, 1),            # share of attack steps on an approximated gradient
+            "mean_remainder": rem / max(checks, 1),           # mean rho over the checks
+            "true_grads_per_example": true / max(ex, 1),
+            "attack_passes_per_example": passes / max(ex, 1),
+        }
+        self._epoch = AttackStats()
+
+    def state(self) -> dict:
+        return dict(self._last)
