@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .attacks import pgd, preserved_mode
+from ..attacks import pgd, preserved_mode
 
 
 def to_float(x_uint8: torch.Tensor, device) -> torch.Tensor:

@@ -1,0 +1,21 @@
+"""Robustness evaluation: clean, FGSM, PGD/CW, AutoAttack and Square accuracy, the per-example
+worst case over all of them, and checks against gradient masking.
+
+>>> from fastrobust.evaluation import evaluate, evaluate_checkpoint
+>>> evaluate(model, x, y, attacks="clean,pgd20,aa", eps=8 / 255)      # any nn.Module on [0,1] images
+>>> evaluate_checkpoint("runs/pgd", attacks="clean,pgd20,cw20,aa")    # writes runs/pgd/eval.json
+
+``evaluate_split`` is the small clean/PGD evaluation the training engine runs.
+"""
+
+from .checks import DETERMINISM_TOLERANCE, PROBE_SIZE, SQUARE_TOLERANCE, STEPS_TOLERANCE
+from .core import PROTOCOL, GradientMaskingWarning, adversarial_examples, evaluate
+from .runs import evaluate_checkpoint, format_report, output_path
+from .specs import VALID_NAMES, AttackSpec, parse_attacks, run_order, spec_of
+from .split import evaluate_split, to_float
+
+__all__ = [
+    "DETERMINISM_TOLERANCE", "PROBE_SIZE", "PROTOCOL", "SQUARE_TOLERANCE", "STEPS_TOLERANCE", "VALID_NAMES",
+    "AttackSpec", "GradientMaskingWarning", "adversarial_examples", "evaluate", "evaluate_checkpoint",
+    "evaluate_split", "format_report", "output_path", "parse_attacks", "run_order", "spec_of", "to_float",
+]

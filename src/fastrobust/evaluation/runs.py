@@ -1,0 +1,129 @@
+"""Evaluating a training run or a checkpoint on its data set's test split (``fastrobust eval``)."""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+
+from ..errors import ConfigError, FastrobustError
+from .core import check_eps, check_norm, evaluate
+from .specs import parse_attacks
+
+
+def output_path(path: str | Path, out: str | Path | None = None) -> Path:
+    """Where :func:`evaluate_checkpoint` writes: ``out``, else ``RUN_DIR/eval.json`` for a run
+    directory, else ``NAME.eval.json`` next to a checkpoint file ``NAME.pt``."""
+    if out is not None:
+        return Path(out)
+    path = Path(path)
+    return path / "eval.json" if path.is_dir() else path.with_name(path.stem + ".eval.json")
+
+
+def _locate(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run directory or None)."""
+    if not path.exists():
+        raise FastrobustError(f"{path} does not exist: give a run directory written by `fastrobust train --out DIR` "
+                              "or a fastrobust .pt checkpoint")
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise FastrobustError(f"{path} holds no best.pt: is it a run directory of `fastrobust train`? (A run "
+                                  "stopped before its first epoch ended has no checkpoint yet.)")
+        return path / "best.pt", path
+    return path, None
+
+
+def _run_config(payload: dict, run_dir: Path | None) -> dict:
+    from ..config import load_yaml
+
+    config = dict(payload.get("config") or {})
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        config.update(load_yaml(run_dir / "config.yaml"))
+    if not config.get("dataset"):
+        raise FastrobustError("the checkpoint names no data set in its configuration; evaluate its model with "
+                              "fastrobust.evaluation.evaluate(fastrobust.load_model(path), x, y, eps=...) instead")
+    return config
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    attacks=("clean", "pgd20"),
+    eps=None,
+    norm: str = "linf",
+    test_subset: int | None = None,
+    batch_size: int = 500,
+    device=None,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+    progress: bool | None = None,
+    seed: int = 0,
+    cascade: bool = True,
+) -> dict:
+    """Evaluate a run directory (its ``best.pt``) or a fastrobust checkpoint on the test split of
+    the data set it was trained on, and write the result as JSON (see :func:`output_path`).
+
+    ``eps`` defaults to the run's (an L-inf radius; give one for ``norm="l2"``).
+    ``test_subset=N`` takes the same N test images as ``fastrobust train --test-subset N``
+    (seeded by the run's seed); by default the run's own test split is used. PGD steps follow
+    the data set's recipe (2/255 on CIFAR/SVHN, 0.01 on MNIST, or 2.5 eps/K for few steps).
+    Returns the dict of :func:`fastrobust.evaluation.evaluate` with ``checkpoint``,
+    ``dataset``, ``test_subset``, ``model``, ``method`` and ``epoch`` added.
+    """
+    from ..data import load_dataset, take_subset
+    from ..engine.checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
+    from ..engine.trainer import pick_device
+
+    names = parse_attacks(attacks)          # refuse bad input before loading anything
+    norm = check_norm(norm)
+    if test_subset is not None and (isinstance(test_subset, bool) or not isinstance(test_subset, numbers.Integral)
+                                    or test_subset < 1):
+        raise ConfigError(f"test_subset must be an integer >= 1 (or unset for the run's test split), got {test_subset!r}")
+    checkpoint, run_dir = _locate(Path(path))
+    payload = load_checkpoint(checkpoint)
+    config = _run_config(payload, run_dir)
+    if eps is None:
+        if norm != "linf":
+            raise ConfigError("give eps for norm l2: the run's eps is an L-inf radius")
+        eps = config.get("eps")
+    eps = check_eps(eps, norm)
+    target = output_path(path, out)
+    dev = pick_device("auto" if device is None else str(device))
+    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"))
+    subset = test_subset if test_subset is not None else config.get("test_subset")
+    test = take_subset(data.test, subset, seed=int(config.get("seed", 0)))
+    try:
+        model = model_from_checkpoint(payload, dev)
+    except (KeyError, RuntimeError) as exc:
+        raise FastrobustError(f"{checkpoint}: the model in the checkpoint cannot be rebuilt ({type(exc).__name__}: "
+                              f"{exc}); the file is damaged or from an incompatible fastrobust") from None
+    result = evaluate(model, test.x, test.y, attacks=names, eps=eps, norm=norm, batch_size=batch_size, device=dev,
+                      seed=seed, progress=progress, alpha_ratio=data.info.alpha / data.info.eps, cascade=cascade)
+    result = {"checkpoint": str(checkpoint), "dataset": config["dataset"], "test_subset": subset,
+              "model": config.get("model"), "method": config.get("method"), "epoch": payload.get("epoch"), **result}
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def format_report(result: dict) -> str:
+    """The result as a Markdown table, the worst case and the flags, for the terminal."""
+    head = ["attack", "accuracy %", "measured on", "newly fooled", "worst case %", "seconds"]
+    rows = [[name, _pct(a["accuracy"]), str(a["n_measured"]), str(a["n_fooled"]), _pct(a["worst_case_accuracy"]),
+             f"{a['seconds']:.1f}"] for name, a in result["attacks"].items()]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    norm = "L-inf" if result["norm"] == "linf" else "L2"
+    where = f"{result['dataset']} test, " if result.get("dataset") else ""
+    lines = [f"{where}{result['n']} images, {norm} eps {result['eps']:.4g}",
+             line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
+    lines.append(f"clean accuracy {_pct(result['clean_accuracy'])}%, robust accuracy (per-example worst case over "
+                 f"every attack) {_pct(result['robust_accuracy'])}% of {result['n']}")
+    lines.append("accuracy: on the examples no earlier attack had fooled (clean errors count as errors); "
+                 "attacks run cheapest first" + ("" if result.get("cascade", True) else "; every attack on every example"))
+    for f in result["flags"]:
+        lines.append(f"WARNING ({f['check']}): {f['message']}")
+    return "\n".join(lines)
