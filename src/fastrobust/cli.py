@@ -24,6 +24,7 @@ Commands:
   models    list the model architectures and their options
   datasets  list the data sets and where their files are looked for
   plot      draw a run's per-epoch curves (accuracy, r/K schedule, gradient magnitude) to a PNG
+  eval      robust accuracy of a run or checkpoint: PGD, CW, AutoAttack, Square, masking checks
 
 Cost is counted in passes per example (one forward+backward of one example = 1;
 forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
@@ -147,10 +148,77 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `fastrobust train`")
     pl.add_argument("--out", default=None, metavar="FILE.png", help="output file (default RUN_DIR/curves.png)")
 
+    _add_eval_parser(sub)
     sub.add_parser("methods", help="list the training methods and their parameters")
     sub.add_parser("models", help="list the model architectures and their options")
     sub.add_parser("datasets", help="list the data sets")
     return parser
+
+
+EVAL_EPILOG = """\
+attacks (comma-separated, run cheapest first whatever the order given):
+  clean            no attack
+  fgsm             one step of size eps (CE loss)
+  pgd20, pgd100    PGD-K on cross-entropy, random start (any pgdK; pgdKxR: R restarts, e.g. pgd50x10)
+  cw20             PGD-K on the Carlini-Wagner margin loss (any cwK or cwKxR)
+  aa               AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square 5000 queries; pyautoattack)
+  apgd-ce, apgd-t, fab-t, apgd-dlr   one AutoAttack component
+  square           the black-box Square attack, 5000 queries (squareQ: Q queries)
+
+Each attack runs only on the examples no earlier attack fooled; robust accuracy is the
+per-example worst case over all of them. Gradient-masking checks (robust > clean, more
+steps raising accuracy, Square beating the white-box attacks, eps = 0, zero gradients,
+non-determinism) are printed as warnings and stored with the results in eval.json.
+PGD steps follow the data set recipe (2/255 CIFAR/SVHN, 0.01 MNIST; 2.5 eps/K for few steps).
+AutoAttack on the CPU is slow: try it on --test-subset 200 first.
+
+examples:
+  fastrobust eval runs/pgd                                   # clean + PGD-20, writes runs/pgd/eval.json
+  fastrobust eval runs/pgd --attacks clean,pgd20,cw20,aa --test-subset 500
+  fastrobust eval runs/pgd/last.pt --attacks pgd50x10 --eps 0.2 --out last-eval.json
+"""
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="robust accuracy of a run or checkpoint (PGD, CW, AutoAttack, Square)",
+                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Evaluate a trained model on the test split of its data set under a list of "
+                                    "attacks and write the results (per attack, worst case, flags, settings, "
+                                    "versions) as JSON.")
+    ev.add_argument("path", metavar="RUN_DIR_or_CHECKPOINT",
+                    help="a run directory of `fastrobust train` (its best.pt is evaluated) or a fastrobust .pt checkpoint")
+    ev.add_argument("--attacks", default="clean,pgd20", metavar="A,B,...",
+                    help="comma-separated attacks (default clean,pgd20; see below)")
+    ev.add_argument("--eps", type=_number("eps"), default=None, metavar="E",
+                    help="radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default: the run's eps)")
+    ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
+    ev.add_argument("--test-subset", type=int, default=None, metavar="N",
+                    help="evaluate on N test images, the same N as `train --test-subset N` (default: the run's test split)")
+    ev.add_argument("--batch-size", type=int, default=500, metavar="N", help="examples per attacked batch (default 500)")
+    ev.add_argument("--out", default=None, metavar="FILE.json",
+                    help="output file (default RUN_DIR/eval.json, or NAME.eval.json next to a checkpoint NAME.pt)")
+    ev.add_argument("--data-dir", default=None, metavar="DIR", help="where the data set is (default: the run's)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto (cuda if available)")
+    ev.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random starts and AutoAttack (default 0)")
+    ev.add_argument("--no-cascade", action="store_true",
+                    help="run every attack on every example (each accuracy is then its own on all of them; slower)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import warnings
+
+    from .evaluation import GradientMaskingWarning, evaluate_checkpoint, format_report, output_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientMaskingWarning)   # printed below with the table
+        result = evaluate_checkpoint(args.path, attacks=args.attacks, eps=args.eps, norm=args.norm,
+                                     test_subset=args.test_subset, batch_size=args.batch_size,
+                                     device=None if args.device == "auto" else args.device, data_dir=args.data_dir,
+                                     out=args.out, progress=False if args.no_progress else None, seed=args.seed,
+                                     cascade=not args.no_cascade)
+    print(format_report(result))
+    print(f"wrote {output_path(args.path, args.out)}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -212,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             from .reports import plot_run
 
             print(f"wrote {plot_run(args.run_dir, args.out)}")
+        elif args.command == "eval":
+            cmd_eval(args)
         elif args.command == "methods":
             cmd_methods()
         elif args.command == "models":

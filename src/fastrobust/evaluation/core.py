@@ -319,7 +319,8 @@ def evaluate(
 
     Returns:
         A JSON-serialisable dict: ``n``, ``eps``, ``norm``, ``clean_accuracy``,
-        ``robust_accuracy`` (None if no attack ran), ``attacks`` (per attack: ``accuracy``,
+        ``robust_accuracy`` (None if no attack ran), ``attacks`` (per attack: ``accuracy`` (None if
+        earlier attacks fooled every example),
         ``seconds``, ``n_measured``, ``n_attacked``, ``n_fooled``, ``worst_case_accuracy``,
         ``settings``), ``flags``, ``versions``, ``order``, ``protocol`` and more.
     """
@@ -399,7 +400,8 @@ def _result(ev, specs, records, clean_correct, clean_seconds, flags, cascade) ->
         measured = r.ran | ~clean_correct
         robust &= r.correct | ~r.ran
         attacks[r.spec.name] = {
-            "accuracy": int(r.correct[measured].sum()) / int(measured.sum()),
+            # None when earlier attacks left no example to measure it on
+            "accuracy": int(r.correct[measured].sum()) / int(measured.sum()) if measured.any() else None,
             "seconds": round(r.seconds, 3),
             "n_measured": int(measured.sum()), "n_attacked": int(r.ran.sum()), "n_fooled": int(r.fooled.sum()),
             "worst_case_accuracy": int(robust.sum()) / n,

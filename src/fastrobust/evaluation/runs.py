@@ -106,7 +106,7 @@ def evaluate_checkpoint(
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return "-" if v is None else f"{100 * v:.1f}"   # None: no example left to measure
 
 
 def format_report(result: dict) -> str:
