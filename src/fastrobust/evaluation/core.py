@@ -183,16 +183,19 @@ class Evaluation:
         return pgd(self.model, xb, yb, self.eps, steps=spec.steps, alpha=alpha, norm=self.norm, loss=spec.loss,
                    random_start=spec.random_start, restarts=spec.restarts, early_stop=True, generator=gen)
 
-    def run_pgd(self, spec: AttackSpec, idx: torch.Tensor, desc: str | None = None) -> torch.Tensor:
-        """Which of the examples ``idx`` stay correctly classified under ``spec`` (bool, CPU)."""
-        alpha = self.pgd_settings(spec)["alpha"]
+    def survivors(self, idx: torch.Tensor, desc: str, attack) -> torch.Tensor:
+        """Which of the examples ``idx`` stay correctly classified under ``attack(xb, yb) -> x_adv`` (bool, CPU)."""
         out = []
-        for chunk in self.batches(idx, desc or spec.name):
+        for chunk in self.batches(idx, desc):
             xb, yb = self.batch(chunk)
-            x_adv = self.pgd_adversarial(spec, xb, yb, alpha)
+            x_adv = attack(xb, yb)
             with torch.no_grad():
                 out.append((self.model(x_adv).argmax(1) == yb).cpu())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+    def run_pgd(self, spec: AttackSpec, idx: torch.Tensor, desc: str | None = None) -> torch.Tensor:
+        alpha = self.pgd_settings(spec)["alpha"]
+        return self.survivors(idx, desc or spec.name, lambda xb, yb: self.pgd_adversarial(spec, xb, yb, alpha))
 
     # -- AutoAttack ----------------------------------------------------------------------------
     def autoattack(self, queries: int) -> AutoAttackRunner:
@@ -201,15 +204,6 @@ class Evaluation:
                                                  num_classes=self.num_classes, device=self.device, seed=self.seed,
                                                  queries=queries, messages=self.aa_messages)
         return self._aa[queries]
-
-    def run_component(self, runner: AutoAttackRunner, component: str, idx: torch.Tensor, desc: str) -> torch.Tensor:
-        out = []
-        for chunk in self.batches(idx, desc):
-            xb, yb = self.batch(chunk)
-            x_adv = runner.run(component, xb, yb)
-            with torch.no_grad():
-                out.append((self.model(x_adv).argmax(1) == yb).cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 def _sync(device: torch.device) -> None:
@@ -251,19 +245,15 @@ def _run_autoattack(ev: Evaluation, spec: AttackSpec, target: torch.Tensor) -> c
         if ev.eps == 0:
             skipped[component] = "eps = 0: no perturbation is possible"
             continue
-        if ev.num_classes < MIN_CLASSES[component]:
-            reason = f"needs at least {MIN_CLASSES[component]} classes, the model has {ev.num_classes}"
-            if len(spec.components) == 1:
-                raise ConfigError(f"attack {spec.name}: {reason}")
-            skipped[component] = reason
+        if ev.num_classes < MIN_CLASSES[component]:     # (a single component was refused up front)
+            skipped[component] = f"needs at least {MIN_CLASSES[component]} classes, the model has {ev.num_classes}"
             continue
-        if ev.x.dim() != 4:
-            raise ConfigError(f"attack {spec.name} needs images (N, C, H, W), got shape {tuple(ev.x.shape)}")
         runner = runner or ev.autoattack(spec.queries)
         idx = correct.nonzero().squeeze(1)
         _sync(ev.device)
         start = time.perf_counter()
-        ok = ev.run_component(runner, component, idx, component if spec.name == component else f"{spec.name} {component}")
+        desc = component if spec.name == component else f"{spec.name} {component}"
+        ok = ev.survivors(idx, desc, lambda xb, yb: runner.run(component, xb, yb))
         _sync(ev.device)
         part_spec = spec if spec.components == (component,) else spec_of(component)
         part = checks.Record(part_spec, _mask(n, idx), _mask(n, idx, ok), _mask(n, idx, ~ok),
@@ -347,9 +337,7 @@ def evaluate(
         t0 = time.perf_counter()
         clean_correct = ev.predict(all_idx) == ev.y
         clean_seconds = time.perf_counter() - t0
-        if int(ev.y.min()) < 0 or int(ev.y.max()) >= ev.num_classes:
-            raise ConfigError(f"labels must be class indices 0..{ev.num_classes - 1} (the model has "
-                              f"{ev.num_classes} outputs), got {int(ev.y.min())}..{int(ev.y.max())}")
+        _check_after_clean_pass(ev, specs)
         t0 = time.perf_counter()
         flags = _probe_model(ev, clean_correct) if masking_checks else []
         check_seconds = time.perf_counter() - t0
@@ -376,6 +364,21 @@ def evaluate(
     for f in flags:
         warnings.warn(f"{f['check']}: {f['message']}", GradientMaskingWarning, stacklevel=2)
     return result
+
+
+def _check_after_clean_pass(ev: Evaluation, specs: list[AttackSpec]) -> None:
+    """What needs the number of classes, before any attack runs."""
+    if int(ev.y.min()) < 0 or int(ev.y.max()) >= ev.num_classes:
+        raise ConfigError(f"labels must be class indices 0..{ev.num_classes - 1} (the model has "
+                          f"{ev.num_classes} outputs), got {int(ev.y.min())}..{int(ev.y.max())}")
+    for spec in specs:
+        if spec.kind != "autoattack":
+            continue
+        if ev.x.dim() != 4:
+            raise ConfigError(f"attack {spec.name} needs images (N, C, H, W), got shape {tuple(ev.x.shape)}")
+        if len(spec.components) == 1 and ev.num_classes < MIN_CLASSES[spec.components[0]]:
+            raise ConfigError(f"attack {spec.name} needs at least {MIN_CLASSES[spec.components[0]]} classes, "
+                              f"the model has {ev.num_classes}")
 
 
 def _probe_model(ev: Evaluation, clean_correct: torch.Tensor) -> list[dict]:
@@ -433,14 +436,12 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
                     device=device, seed=seed, progress=False)
     with frozen(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         xb, yb = ev.batch(torch.arange(len(x)))
-        if spec.kind == "clean":
+        if spec.kind == "clean" or (spec.kind == "autoattack" and eps == 0):
             return xb
         if spec.kind == "pgd":
             return ev.pgd_adversarial(spec, xb, yb, ev.pgd_settings(spec)["alpha"])
-        ev.predict(torch.arange(len(x)))
+        todo = ev.predict(torch.arange(len(x))).to(device) == yb     # AutoAttack attacks only these
         x_adv = xb.clone()
-        with torch.no_grad():
-            todo = model(xb).argmax(1) == yb
         for component in spec.components:
             if ev.num_classes < MIN_CLASSES[component] or not todo.any():
                 continue
