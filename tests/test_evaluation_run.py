@@ -127,12 +127,14 @@ def _bad_checkpoints(tmp_path):
     ("attack", "unknown attack 'pgd-20'"),
     ("eps", "did you mean 8/255"),
     ("l2", "give eps for norm l2"),
+    ("batch", "batch_size must be an integer >= 1"),
 ])
 def test_cli_eval_refuses_bad_input_clearly(run, tmp_path, capsys, case, words):
     out, _ = run
     foreign, corrupt, empty_dir = _bad_checkpoints(tmp_path)
     path = {"foreign": foreign, "corrupt": corrupt, "empty_run": empty_dir, "missing": tmp_path / "nope"}.get(case, out)
-    extra = {"attack": ["--attacks", "clean,pgd-20"], "eps": ["--eps", "8"], "l2": ["--norm", "l2"]}.get(case, [])
+    extra = {"attack": ["--attacks", "clean,pgd-20"], "eps": ["--eps", "8"], "l2": ["--norm", "l2"],
+             "batch": ["--batch-size", "0"]}.get(case, [])
     target = tmp_path / "never.json"
     assert main(["eval", str(path), *extra, "--no-progress", "--out", str(target)]) == 2
     err = capsys.readouterr().err

@@ -94,7 +94,7 @@ def _check_inputs(model, x, y) -> None:
                               f"from {lo:.4g} to {hi:.4g}. Pass uint8 images or divide by 255.")
 
 
-def _check_count(name: str, value) -> int:
+def check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
@@ -322,7 +322,7 @@ def evaluate(
         alpha = parse_number(alpha, "alpha")
         if not math.isfinite(alpha) or alpha <= 0:
             raise ConfigError(f"alpha must be a number > 0, got {alpha!r}")
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     device = _device_of(model, device)

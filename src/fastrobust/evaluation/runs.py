@@ -7,7 +7,7 @@ import numbers
 from pathlib import Path
 
 from ..errors import ConfigError, FastrobustError
-from .core import check_eps, check_norm, evaluate
+from .core import check_count, check_eps, check_norm, evaluate
 from .specs import parse_attacks
 
 
@@ -76,6 +76,7 @@ def evaluate_checkpoint(
 
     names = parse_attacks(attacks)          # refuse bad input before loading anything
     norm = check_norm(norm)
+    check_count("batch_size", batch_size)
     if test_subset is not None and (isinstance(test_subset, bool) or not isinstance(test_subset, numbers.Integral)
                                     or test_subset < 1):
         raise ConfigError(f"test_subset must be an integer >= 1 (or unset for the run's test split), got {test_subset!r}")
