@@ -121,8 +121,9 @@ def format_report(result: dict) -> str:
     where = f"{result['dataset']} test, " if result.get("dataset") else ""
     lines = [f"{where}{result['n']} images, {norm} eps {result['eps']:.4g}",
              line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
-    lines.append(f"clean accuracy {_pct(result['clean_accuracy'])}%, robust accuracy (per-example worst case over "
-                 f"every attack) {_pct(result['robust_accuracy'])}% of {result['n']}")
+    robust = ("no attack was run" if result["robust_accuracy"] is None else
+              f"robust accuracy (per-example worst case over every attack) {_pct(result['robust_accuracy'])}%")
+    lines.append(f"{result['n']} images: clean accuracy {_pct(result['clean_accuracy'])}%, {robust}")
     lines.append("accuracy: on the examples no earlier attack had fooled (clean errors count as errors); "
                  "attacks run cheapest first" + ("" if result.get("cascade", True) else "; every attack on every example"))
     for f in result["flags"]:
