@@ -99,6 +99,8 @@ TRAIN_OPTIONS = [
     ("--channels-last", "channels_last", dict(action="store_true", help="channels_last memory format (GPU)")),
     ("--compile", "compile", dict(action="store_true", help="torch.compile the model")),
     ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
+    ("--sync-bn", "sync_bn", dict(action="store_true", help="under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global minibatch (default: each process normalises with its shard's statistics; running statistics are averaged over the processes after every step)")),
+    ("--dist-timeout", "dist_timeout", dict(type=float, metavar="SECONDS", help="under torchrun: how long a process waits for the others before the job stops with an error (default 1800)")),
 ]
 
 
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
     except FastrobustError as exc:
-        print(f"fastrobust: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):   # quiet: another process of a torchrun job showed the error
+            print(f"fastrobust: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastrobust: interrupted (a run can be continued with `fastrobust train --resume --out DIR`)", file=sys.stderr)

@@ -78,6 +78,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
+    sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
+    dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -203,3 +205,6 @@ def validate(cfg: TrainConfig) -> None:
     _check(_is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
     _check(cfg.grad_clip is None or cfg.grad_clip > 0, f"grad_clip must be > 0, got {cfg.grad_clip}")
     _check(isinstance(cfg.model_options, dict), "model_options must be a mapping of option names to values")
+    _check(isinstance(cfg.sync_bn, bool), f"sync_bn must be true or false, got {cfg.sync_bn!r}")
+    _check(isinstance(cfg.dist_timeout, (int, float)) and not isinstance(cfg.dist_timeout, bool) and cfg.dist_timeout > 0,
+           f"dist_timeout must be a number of seconds > 0, got {cfg.dist_timeout!r}")

@@ -10,8 +10,12 @@ reports.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import os
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +25,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import TrainConfig, recipe_step, resolve, save_yaml, validate, load_yaml
+from ..config import DEVICES, TrainConfig, load_yaml, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
-from ..evaluation import evaluate_split
 from ..methods import Batch, MethodContext, get_method
 from .checkpoint import atomic_write_text, build_model, load_checkpoint, model_spec, save_checkpoint
-from .distributed import init_from_env
+from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
+                          init_from_env, is_peer_loss, shard_weight)
 from .schedules import LRSchedule, eps_scale
 
 
@@ -108,29 +112,117 @@ def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
     return resolved
 
 
+PEER_LOSS_GRACE_S = 3.0   # see train()
+
+
 def default_out_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
           echo: Callable[[str], None] = print) -> dict:
-    """Run one training job to the end and return its summary (also written to ``summary.json``)."""
-    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with --out {out}?)")
-        cfg = _merge_for_resume(cfg, out)
-    elif (out / "last.pt").exists() or (out / "summary.json").exists():
-        raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    cfg.out = str(out)
+    """Run one training job to the end and return its summary (also written to ``summary.json``).
 
+    Under ``torchrun`` every process calls this with the same arguments; together
+    they train one model with DistributedDataParallel (see :mod:`.distributed`),
+    only the main process writes files, and every process returns the summary.
+    """
+    # work that reads files or picks the device comes before the process group exists;
+    # an error there is raised after joining it, so that it shows once and no process waits
+    setup_error, device = None, torch.device("cpu")
+    try:
+        cfg, out = _resume_config(cfg, resume)
+        device = pick_device(cfg.device)
+    except FastrobustError as exc:
+        if env_world_size() <= 1:
+            raise
+        setup_error, out = exc, None
+    dist, device = init_from_env(device, cfg.dist_timeout)
+    failed = True
+    try:
+        dist.agree(lambda: _raise(setup_error))
+        summary = _train(cfg, out, dist, device, resume, progress, echo)
+        failed = False
+        return summary
+    except BaseException as exc:
+        if dist.enabled:   # the frames of the traceback hold the DDP model: let it go (see below)
+            traceback.clear_frames(exc.__traceback__)
+        if dist.enabled and isinstance(exc, Exception) and not isinstance(exc, FastrobustError) and is_peer_loss(exc):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lost = PeerLost(f"process {dist.rank} of {dist.world_size} lost contact with the others: another process "
+                            f"probably failed (its error is shown above) or the wait exceeded --dist-timeout "
+                            f"({cfg.dist_timeout:g} s). ({first})")
+            if "TORCHELASTIC_RUN_ID" in os.environ:
+                # let torchrun see the process that failed exit first (it reports the first as the root
+                # cause) and stop this one; the message is shown now in case it does
+                print(f"fastrobust: error: {lost}", file=sys.stderr, flush=True)
+                lost.quiet = True
+                time.sleep(PEER_LOSS_GRACE_S)
+            raise lost from None
+        raise
+    finally:
+        if dist.enabled:
+            # The DDP model holds the process group: free it (its reference cycles too) before leaving the
+            # group, so that Gloo's threads stop while Python is fully alive, not at interpreter exit (SIGABRT)
+            gc.collect()
+        dist.shutdown(failed)
+
+
+def _raise(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
+
+
+def _resume_config(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path | None]:
+    """The configuration to run (the saved one when resuming) and the output folder, if known yet."""
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    out = Path(cfg.out) if cfg.out else None
+    if resume:
+        out = out or default_out_dir(cfg)
+        if not (out / "last.pt").is_file():
+            hint = " Under torchrun on several machines --out must be a folder that every machine sees." \
+                if env_world_size() > 1 else ""
+            raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with "
+                                  f"--out {out}?).{hint}")
+        cfg = _merge_for_resume(cfg, out)
+    return cfg, out
+
+
+def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool) -> Path:
+    """The output folder (main process): the given one, or a new timestamped name; refuses to overwrite a run."""
+    out = out or default_out_dir(cfg)
+    if not resume and ((out / "last.pt").exists() or (out / "summary.json").exists()):
+        raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    return out
+
+
+def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared:
+    """:func:`prepare`, and the checks that only several processes need."""
     prep = prepare(cfg)
+    if dist.enabled:
+        c = prep.cfg
+        if c.batch_size % dist.world_size:
+            raise ConfigError(f"--batch-size {c.batch_size} is the global minibatch, split among {dist.world_size} "
+                              f"processes: it must be divisible by {dist.world_size}")
+        if len(prep.train) < dist.world_size:
+            raise ConfigError(f"{len(prep.train)} training examples cannot be shared among {dist.world_size} processes")
+        if c.sync_bn and device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA GPUs (SyncBatchNorm does not run on the CPU). Without it, "
+                              "the processes' BatchNorm statistics are averaged after every step")
+    return prep
+
+
+def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
+           progress: bool | None, echo: Callable[[str], None]) -> dict:
+    out = dist.on_main(lambda: _claim_out(cfg, out, resume))
+    cfg.out = str(out)
+    prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
-    device = pick_device(cfg.device)
-    dist = init_from_env(device.type)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
+        dist.agree(lambda: (out.mkdir(parents=True, exist_ok=True), save_yaml(cfg, out / "config.yaml")))
+    else:
+        dist.agree(lambda: None)
     log = RunLog(out, dist.is_main, echo)
     torch.manual_seed(cfg.seed + dist.rank)
 
@@ -140,9 +232,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     model = build_model(spec).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    raw_model = model
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    raw_model, model = dist.wrap(model, device, sync_bn=cfg.sync_bn)
     if cfg.compile:
         model = torch.compile(model)
 
@@ -162,44 +252,69 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         **cfg.method_params,
     )
 
+    # Each process backpropagates its shard's mean loss times this weight, so that DDP's average of
+    # the processes' gradients is the gradient of the global minibatch's mean loss (weight 1 when
+    # the shards are equal, i.e. for every minibatch but perhaps the last of an epoch).
+    weight = {"loss": 1.0}
+
     def step(loss: torch.Tensor, wrt: torch.Tensor | None = None):
         opt.zero_grad(set_to_none=True)
         if wrt is not None:
             wrt.grad = None
+        if weight["loss"] != 1.0:
+            loss = loss * weight["loss"]
         scaler.scale(loss).backward()
         grad = None
         if wrt is not None:
             grad = wrt.grad.detach()
             if scaler.is_enabled():
                 grad = grad / scaler.get_scale()
+            if dist.enabled:   # the gradient of the global minibatch's mean loss, as with one process
+                grad = grad / dist.world_size
         if cfg.grad_clip is not None:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
+        dist.average_buffers(raw_model)
         return grad
 
     state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "train_cpu_seconds": 0.0, "best_score": [-1.0, -1.0], "best_epoch": 0}
     if resume:
-        ckpt = load_checkpoint(out / "last.pt")
+        ckpt = dist.agree(lambda: load_checkpoint(out / "last.pt"))
         raw_model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        method.load_state_dict(ckpt["method"])
         state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        saved = ckpt.get("ranks") or [{"rng": ckpt["rng"], "method": ckpt["method"]}]
+        mine = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
+        method.load_state_dict(mine["method"])
+        if len(saved) == dist.world_size or dist.is_main:
+            _set_rng(mine["rng"], device)
+        else:   # another number of processes than when saved: fresh streams for the other processes
+            torch.manual_seed(derived_seed(cfg.seed, state["epoch"], dist.rank))
         log.keep_metrics_before(state["epoch"])
-        log.info(f"resuming {out} after epoch {state['epoch']}")
+        log.info(f"resuming {out} after epoch {state['epoch']}" + (
+            f" with {dist.world_size} processes (saved with {len(saved)}: the other processes start fresh random "
+            f"streams and take process 0's method state)" if len(saved) != dist.world_size else ""))
     else:
         log.info(f"training {cfg.method} on {cfg.dataset} ({len(prep.train)} train / {len(prep.val)} val / "
                  f"{len(prep.test)} test) with {cfg.model} on {device}, eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, "
                  f"{cfg.epochs} epochs -> {out}")
+    if dist.enabled:
+        log.info(f"{dist.world_size} processes ({'NCCL' if device.type == 'cuda' else 'Gloo'}), "
+                 f"{cfg.batch_size // dist.world_size} examples each per global minibatch of {cfg.batch_size}"
+                 + (", SyncBatchNorm" if cfg.sync_bn else ""))
+    elif cfg.sync_bn:
+        log.info("--sync-bn has no effect with one process")
 
     val_alpha = recipe_step(cfg.eps, cfg.val_steps, info.alpha / info.eps)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     n_batches = len(loader)
+    sizes = global_batch_sizes(len(prep.train), cfg.batch_size)
+    if dist.enabled and sizes[-1] < dist.world_size:
+        log.info(f"the last minibatch of each epoch ({sizes[-1]} example(s), fewer than the {dist.world_size} "
+                 f"processes) is skipped")
 
     for epoch in range(state["epoch"], cfg.epochs):
         loader.set_epoch(epoch)
@@ -210,6 +325,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=True if not dist.is_main else (None if progress is None else not progress))
         for i, (x, y) in enumerate(bar):
+            if sizes[i] < dist.world_size:
+                continue   # some process would get no example (the same on every process)
+            weight["loss"] = shard_weight(len(y), sizes[i], dist.world_size)
             t = epoch + i / n_batches
             lr = schedule(t)
             for group in opt.param_groups:
@@ -229,16 +347,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         _sync(device)
         epoch_seconds = time.perf_counter() - start
         # CPU seconds of this process (all its threads): unlike wall time, barely moved by other
-        # processes sharing the machine; equals wall time x threads when the threads are busy
+        # processes sharing the machine; equals wall time x threads when the threads are busy.
+        # Over several processes: wall seconds of the slowest, CPU seconds summed.
         epoch_cpu_seconds = time.process_time() - cpu_start
         loss_sum, correct, seen, passes = dist.all_reduce_sum(totals).tolist()
+        epoch_seconds, epoch_cpu_seconds = _reduce_seconds(dist, epoch_seconds, epoch_cpu_seconds)
         epoch_passes = passes / (len(prep.train))
         state["passes"] += epoch_passes
         state["train_seconds"] += epoch_seconds
         state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + epoch_cpu_seconds
 
-        val = evaluate_split(raw_model, prep.val, eps=cfg.eps, steps=cfg.val_steps, alpha=val_alpha, loss="cw",
-                             batch_size=cfg.eval_batch_size, device=device)
+        val = evaluate_sharded(raw_model, prep.val, dist, seed=cfg.seed, tag="val", eps=cfg.eps, steps=cfg.val_steps,
+                               alpha=val_alpha, loss="cw", batch_size=cfg.eval_batch_size, device=device)
         record = {
             "epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
             "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -254,45 +374,75 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         improved = val["n"] == 0 or score > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"] = score, epoch + 1
-        log.metrics(record)
-        log.info(_epoch_line(record, cfg.epochs))
-        if dist.is_main:
+        # every process's random state and method state (e.g. a carried perturbation), for an exact resume
+        ranks = dist.gather_objects({"rng": _rng_state(device), "method": method.state_dict()}) if dist.enabled else None
+
+        def save() -> None:
+            log.metrics(record)
+            log.info(_epoch_line(record, cfg.epochs))
             payload = {"model_spec": spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
                        "epoch": epoch + 1, "version": __version__}
             if improved:
                 save_checkpoint(out / "best.pt", payload)
-            rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
             save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                                              "method": method.state_dict(), "state": dict(state), "rng": rng})
-        dist.barrier()
+                                              "method": method.state_dict(), "state": dict(state),
+                                              "rng": _rng_state(device), **extra})
 
-    # final test evaluation of the best checkpoint
-    best = load_checkpoint(out / "best.pt")
-    raw_model.load_state_dict(best["model"])
-    test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
-    test = evaluate_split(raw_model, prep.test, eps=cfg.eps, steps=cfg.test_steps, alpha=test_alpha, loss="ce",
-                          batch_size=cfg.eval_batch_size, device=device)
-    records = _read_metrics(out)
-    best_rec = next((r for r in records if r["epoch"] == state["best_epoch"]), {})
-    summary = {
-        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
-        "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
-        "passes_per_example": state["passes"], "train_seconds": state["train_seconds"],
-        "train_cpu_seconds": state["train_cpu_seconds"], "torch_threads": torch.get_num_threads(),
-        "best_epoch": state["best_epoch"],
-        "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
-        "last_val_robust_acc": records[-1].get("val_robust_acc"),
-        "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
-        "test_attack": f"PGD-{cfg.test_steps} CE, eps {cfg.eps:.4g}, alpha {test_alpha:.4g}, 1 restart",
-        "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
-        "torch_version": torch.__version__, "fastrobust_version": __version__,
-    }
+        dist.agree(save if dist.is_main else (lambda: None))
+
+    # final test evaluation of the best checkpoint (read by the main process, sent to the others)
     if dist.is_main:
+        dist.agree(lambda: raw_model.load_state_dict(load_checkpoint(out / "best.pt")["model"]))
+    else:
+        dist.agree(lambda: None)
+    dist.broadcast_module(raw_model)
+    test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
+    test = evaluate_sharded(raw_model, prep.test, dist, seed=cfg.seed, tag="test", eps=cfg.eps, steps=cfg.test_steps,
+                            alpha=test_alpha, loss="ce", batch_size=cfg.eval_batch_size, device=device)
+
+    def finish() -> dict:
+        records = _read_metrics(out)
+        best_rec = next((r for r in records if r["epoch"] == state["best_epoch"]), {})
+        summary = {
+            "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
+            "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
+            "passes_per_example": state["passes"], "train_seconds": state["train_seconds"],
+            "train_cpu_seconds": state["train_cpu_seconds"], "torch_threads": torch.get_num_threads(),
+            "best_epoch": state["best_epoch"],
+            "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
+            "last_val_robust_acc": records[-1].get("val_robust_acc"),
+            "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
+            "test_attack": f"PGD-{cfg.test_steps} CE, eps {cfg.eps:.4g}, alpha {test_alpha:.4g}, 1 restart",
+            "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
+            "torch_version": torch.__version__, "fastrobust_version": __version__,
+        }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
-             f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
-             f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
-    return summary
+        log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
+                 f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
+                 f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
+        return summary
+
+    return dist.on_main(finish)
+
+
+def _reduce_seconds(dist: Dist, wall: float, cpu: float) -> tuple[float, float]:
+    """The epoch's wall seconds (the slowest process) and CPU seconds (summed over the processes)."""
+    if not dist.enabled:
+        return wall, cpu
+    wall = dist.all_reduce_max(torch.tensor([wall], dtype=torch.float64, device=dist.device)).item()
+    cpu = dist.all_reduce_sum(torch.tensor([cpu], dtype=torch.float64, device=dist.device)).item()
+    return wall, cpu
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _pct(v) -> str:
@@ -318,7 +468,7 @@ def _read_metrics(out: Path) -> list[dict]:
 
 
 # keys that may differ when resuming (they do not change the result)
-_RESUME_FREE = {"out", "device", "data_dir"}
+_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout"}
 
 
 def _merge_for_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
