@@ -25,6 +25,8 @@ Commands:
   datasets  list the data sets and where their files are looked for
   plot      draw a run's per-epoch curves (accuracy, r/K schedule, gradient magnitude) to a PNG
   eval      robust accuracy of a run or checkpoint: PGD, CW, AutoAttack, Square, masking checks
+  bench     train and evaluate a suite of methods side by side: table, CSV, cost/robustness plots
+  report    the benchmark table and plots from existing run directories
 
 Cost is counted in passes per example (one forward+backward of one example = 1;
 forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
@@ -150,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `fastrobust train`")
     pl.add_argument("--out", default=None, metavar="FILE.png", help="output file (default RUN_DIR/curves.png)")
 
+    from .bench.commands import add_parsers as add_bench_parsers
+
+    add_bench_parsers(sub)
     _add_eval_parser(sub)
     sub.add_parser("methods", help="list the training methods and their parameters")
     sub.add_parser("models", help="list the model architectures and their options")
@@ -282,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             from .reports import plot_run
 
             print(f"wrote {plot_run(args.run_dir, args.out)}")
+        elif args.command in ("bench", "report"):
+            from .bench.commands import run_command
+
+            run_command(args)
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "methods":

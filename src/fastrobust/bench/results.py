@@ -1,0 +1,355 @@
+"""Reading finished runs and writing the comparison: ``results.md``, ``results.csv`` and the plots.
+
+A row is one run directory. Its accuracies come from ``eval.json`` (written
+by the evaluation: ``fastrobust eval`` or ``fastrobust bench``) when there is
+one, else from the end-of-training test numbers in ``summary.json``, and the
+table says which. Costs (passes per example, training-loop seconds) always
+come from ``summary.json``. Every cost and accuracy is also given relative to
+a reference run (PGD-AT in the shipped suites).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FastrobustError
+
+BENCH_FILE = "bench.json"
+SUMMARY_MARK = "†"
+# the settings of each attack named under the table (eval.json holds them all)
+SETTINGS_SHOWN = ("attack", "alpha", "random_start", "components", "queries", "version")
+
+
+@dataclass
+class Row:
+    name: str
+    run_dir: Path
+    summary: dict
+    evaluation: dict | None
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method", "?"))
+
+    @property
+    def passes(self) -> float | None:
+        return self.summary.get("passes_per_example")
+
+    @property
+    def seconds(self) -> float | None:
+        return self.summary.get("train_seconds")
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        return self.summary.get("train_cpu_seconds")
+
+    @property
+    def on_cpu(self) -> bool:
+        return str(self.summary.get("device", "cpu")).startswith("cpu")
+
+    def accuracies(self) -> dict[str, float]:
+        """Column label -> accuracy (fraction): clean first, then each attack in the order it ran.
+
+        With the evaluation's cascade (each attack runs on the examples still robust), an attack's
+        column is the accuracy under it and every attack before it: the per-example worst case so
+        far; the last column is the overall robust accuracy.
+        """
+        ev = self.evaluation
+        if ev is None:
+            return {"clean": self.summary.get("test_clean_acc"),
+                    summary_attack_label(self.summary): self.summary.get("test_robust_acc")}
+        out = {"clean": ev.get("clean_accuracy")}
+        key = "worst_case_accuracy" if ev.get("cascade", True) else "accuracy"
+        for name, result in (ev.get("attacks") or {}).items():
+            if name != "clean":
+                out[attack_label(name)] = result.get(key, result.get("accuracy"))
+        return out
+
+    def prefix(self, label: str) -> tuple[str, ...]:
+        """The columns up to ``label``: with the cascade, what an attack's column depends on."""
+        labels = list(self.accuracies())
+        return tuple(labels[:labels.index(label) + 1]) if label in labels else ()
+
+    @property
+    def robust(self) -> float | None:
+        """The headline robust accuracy: per-example worst case over the evaluation's attacks."""
+        if self.evaluation is None:
+            return self.summary.get("test_robust_acc")
+        return self.evaluation.get("robust_accuracy")
+
+    @property
+    def n_test(self) -> int | None:
+        return (self.evaluation or {}).get("n", self.summary.get("test_examples"))
+
+
+def attack_label(name: str) -> str:
+    """``pgd50x10`` -> ``PGD-50x10``, ``cw20`` -> ``CW-20``, ``aa`` -> ``AutoAttack``."""
+    m = re.fullmatch(r"([a-z]+?)(\d+)(?:x(\d+))?", name)
+    if name == "aa":
+        return "AutoAttack"
+    if m:
+        return f"{m.group(1).upper()}-{m.group(2)}" + (f"x{m.group(3)}" if m.group(3) else "")
+    return name.replace("_", "-").capitalize() if name.islower() and len(name) > 4 else name.upper()
+
+
+def summary_attack_label(summary: dict) -> str:
+    attack = str(summary.get("test_attack", "PGD")).split(",")[0]
+    return f"{attack} (summary.json)"
+
+
+# ---------------------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FastrobustError(f"{path} is not valid JSON ({exc}); delete it to redo that step") from None
+
+
+def read_row(run_dir: Path, name: str | None = None) -> Row | None:
+    """The row of a finished run (None when it has no summary.json yet)."""
+    summary = _read_json(run_dir / "summary.json")
+    if summary is None:
+        return None
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics = []
+    if metrics_path.is_file():
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return Row(name or run_dir.name, run_dir, summary, _read_json(run_dir / "eval.json"), metrics)
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("summary.json", "config.yaml", "metrics.jsonl"))
+
+
+def collect(dirs: list[str | Path], only: list[str] | None = None) -> tuple[list[Row], list[str], str | None]:
+    """Rows from bench output folders and/or run directories.
+
+    Returns the rows, the names of unfinished runs, and the reference named by a bench folder (if any).
+    """
+    rows, unfinished, reference = [], [], None
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise FastrobustError(f"{d} is not a folder: pass bench output folders or run directories")
+        bench = _read_json(d / BENCH_FILE)
+        if is_run_dir(d):
+            run_dirs = [d]
+        else:
+            order = bench.get("runs", []) if bench else []
+            found = sorted(p for p in d.iterdir() if p.is_dir() and is_run_dir(p))
+            run_dirs = [d / n for n in order if (d / n) in found] + [p for p in found if p.name not in order]
+            if not run_dirs:
+                raise FastrobustError(f"{d} holds no runs (no summary.json in it or its subfolders): pass a "
+                                      f"`fastrobust bench` output folder or run directories of `fastrobust train`")
+            if bench and reference is None:
+                reference = bench.get("reference")
+        for rd in run_dirs:
+            if only is not None and rd.name not in only:
+                continue
+            row = read_row(rd)
+            if row is None:
+                unfinished.append(str(rd))
+            else:
+                rows.append(row)
+    names = [r.name for r in rows]
+    for r in rows:   # the same folder name from two places: qualify it with its parent
+        if names.count(r.name) > 1:
+            r.name = f"{r.run_dir.parent.name}/{r.run_dir.name}"
+    return rows, unfinished, reference
+
+
+def pick_reference(rows: list[Row], wanted: str | None, suggested: str | None = None) -> Row | None:
+    """The reference row: ``wanted`` (a run or method name; an error if absent), else the suggested one, else a pgd run."""
+    if wanted:
+        hit = next((r for r in rows if r.name == wanted), None) or next((r for r in rows if r.method == wanted), None)
+        if hit is None:
+            raise FastrobustError(f"--reference {wanted!r} is none of the runs ({', '.join(r.name for r in rows)})")
+        return hit
+    if suggested:
+        hit = next((r for r in rows if r.name == suggested), None)
+        if hit is not None:
+            return hit
+    return next((r for r in rows if r.method == "pgd"), None)
+
+
+# ---------------------------------------------------------------------------
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _delta(a, b) -> float | None:
+    return None if a is None or b is None else 100 * (a - b)
+
+
+def _fmt(v, spec: str, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    return format(v, ("+" if signed else "") + spec)
+
+
+def table_data(rows: list[Row], ref: Row | None) -> tuple[list[str], list[list]]:
+    """The table's header and rows of raw values (None = not available), shared by Markdown and CSV."""
+    labels: list[str] = []
+    for r in rows:
+        labels += [k for k in r.accuracies() if k not in labels]
+    any_cpu = any(r.on_cpu for r in rows)
+    ref_acc = ref.accuracies() if ref else {}
+    sizes = {r.n_test for r in rows}
+    head = ["run", "method", "epochs", *(["test n"] if len(sizes) > 1 else []), *(f"{l} %" for l in labels),
+            "passes/ex", "train s"]
+    head += ["CPU s"] if any_cpu else []
+    head += ["passes / ref", "time / ref"] + (["CPU time / ref"] if any_cpu else [])
+    delta_labels = [l for l in labels if l in ref_acc]
+    head += [f"d {l} (pts)" for l in delta_labels]
+    data = []
+    for r in rows:
+        acc = r.accuracies()
+        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}")
+        vals = [name, r.method, r.summary.get("epochs"), *([r.n_test] if len(sizes) > 1 else []),
+                *(acc.get(l) for l in labels), r.passes, r.seconds]
+        vals += [r.cpu_seconds if r.on_cpu else None] if any_cpu else []
+        vals += [_ratio(r.passes, ref and ref.passes), _ratio(r.seconds, ref and ref.seconds)]
+        vals += [_ratio(r.cpu_seconds, ref and ref.cpu_seconds) if r.on_cpu and ref and ref.on_cpu else None] if any_cpu else []
+        # compared only on the same test images and after the same attacks (with the cascade a column
+        # is the worst case over the attacks left of it)
+        same = ref is not None and r.n_test == ref.n_test
+        vals += [_delta(acc.get(l), ref_acc.get(l)) if same and r.prefix(l) == ref.prefix(l) else None
+                 for l in delta_labels]
+        data.append(vals)
+    return head, data
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if column.endswith(" %"):
+        return _pct(value)
+    if column.startswith("d "):
+        return _fmt(value, ".1f", signed=True)
+    if "/ ref" in column:
+        return _fmt(value, ".2f")
+    if column in ("train s", "CPU s"):
+        return _fmt(value, ".0f" if value >= 100 else ".1f")
+    if column == "passes/ex":
+        return _fmt(value, ".1f")
+    return str(value)
+
+
+def markdown_table(head: list[str], data: list[list]) -> str:
+    cells = [[_cell(h, v) for h, v in zip(head, row)] for row in data]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def notes(rows: list[Row], ref: Row | None, unfinished: list[str]) -> list[str]:
+    """The lines under the table: what the numbers are, where they come from, warnings."""
+    out = []
+    if ref is not None:
+        out.append(f"Reference: {ref.name} ({ref.method}). `/ ref` = this run's cost divided by the reference's; "
+                   f"`d X (pts)` = accuracy minus the reference's, in percentage points.")
+    else:
+        out.append("No reference run among these (pass --reference NAME): no ratios or differences.")
+    devices = sorted({str(r.summary.get("device", "?")) for r in rows})
+    threads = sorted({str(r.summary.get("torch_threads")) for r in rows if r.summary.get("torch_threads")})
+    cpu = " `CPU s` = CPU seconds of the training process (all threads), less moved by other load on the machine." \
+        if any(r.on_cpu for r in rows) else ""
+    out.append(f"Cost: passes/ex = forward+backward passes per training example over the whole run; train s = "
+               f"wall seconds of the training loop only (evaluation excluded).{cpu} Device: {', '.join(devices)}"
+               + (f"; torch threads: {', '.join(threads)}." if threads else "."))
+    evaluated = [r for r in rows if r.evaluation is not None]
+    if evaluated:
+        ev = evaluated[0].evaluation
+        ns = sorted({r.n_test for r in evaluated if r.n_test is not None})
+        if len({r.n_test for r in rows}) > 1:
+            out.append("The runs were evaluated on different numbers of test images (column `test n`): "
+                       "differences from the reference are left out where the images differ.")
+        cascade = all(r.evaluation.get("cascade", True) for r in evaluated)
+        out.append(f"Accuracy on {' / '.join(map(str, ns))} test images, eps {_fmt(ev.get('eps'), '.4g')} "
+                   f"({ev.get('norm', 'linf')}). " + (
+                       "Attacks run cheapest first, each on the examples still robust, so an attack's column is "
+                       "the accuracy under it and every attack left of it (per-example worst case); the last "
+                       "attack column is the robust accuracy." if cascade else
+                       "Every attack ran on every example: each column is that attack's own accuracy."))
+        seen = {}
+        for r in evaluated:
+            for name, result in (r.evaluation.get("attacks") or {}).items():
+                if name != "clean" and name not in seen and result.get("settings"):
+                    seen[name] = result["settings"]
+        for name, settings in seen.items():
+            shown = {k: settings[k] for k in SETTINGS_SHOWN if k in settings}
+            if isinstance(shown.get("components"), (dict, list, tuple)):
+                shown["components"] = ", ".join(shown["components"])
+            out.append(f"- {attack_label(name)}: " + "; ".join(
+                f"{k.replace('_', ' ')} {_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in shown.items()))
+    plain = [r for r in rows if r.evaluation is None]
+    if plain:
+        out.append(f"{SUMMARY_MARK} no eval.json: accuracies are the end-of-training test numbers in summary.json "
+                   f"({plain[0].summary.get('test_attack', '?')}, {plain[0].summary.get('test_examples', '?')} images), "
+                   f"not the evaluation's attacks (run `fastrobust eval RUN_DIR` for those): "
+                   + ", ".join(r.name for r in plain) + ".")
+    for r in evaluated:
+        for flag in r.evaluation.get("flags") or []:
+            out.append(f"WARNING ({r.name}): {flag.get('check', 'check')}: {flag.get('message', '')}")
+    if unfinished:
+        out.append("Not finished (no summary.json), left out: " + ", ".join(unfinished) + ".")
+    return out
+
+
+def csv_text(head: list[str], data: list[list], rows: list[Row]) -> str:
+    """The table as CSV, with full-precision numbers (accuracies in percent) and where each row came from."""
+    fixed = {"passes/ex": "passes_per_example", "train s": "train_seconds", "CPU s": "train_cpu_seconds"}
+
+    def key(h: str) -> str:
+        h = fixed.get(h, h).replace(" %", " pct").replace(" / ref", " vs ref").replace("(pts)", "pts")
+        return re.sub(r"[^a-z0-9]+", "_", h.lower()).strip("_")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([key(h) for h in head] + ["accuracy_source", "test_images", "device", "torch_threads", "run_dir"])
+    for row, r in zip(data, rows):
+        vals = [r.name if i == 0 else (100 * v if h.endswith(" %") and v is not None else v)
+                for i, (h, v) in enumerate(zip(head, row))]
+        w.writerow(["" if v is None else v for v in vals] + [
+            "eval.json" if r.evaluation is not None else "summary.json", r.n_test,
+            r.summary.get("device"), r.summary.get("torch_threads"), str(r.run_dir)])
+    return buf.getvalue()
+
+
+def write_report(rows: list[Row], out: str | Path, ref: Row | None, unfinished: list[str] = (), *,
+                 title: str = "fastrobust benchmark", intro: str = "") -> dict[str, Path]:
+    """Write results.md, results.csv and the plots into ``out``; returns the paths written."""
+    from ..engine.checkpoint import atomic_write_text
+    from ..reports import plot_frontier, plot_schedules, plot_val_curves
+
+    if not rows:
+        raise FastrobustError("no finished runs to report (none has a summary.json yet)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    head, data = table_data(rows, ref)
+    written = {"csv": out / "results.csv", "md": out / "results.md"}
+    plots = {"frontier": plot_frontier(rows, out / "frontier.png", ref),
+             "val_robust": plot_val_curves(rows, out / "val_robust.png"),
+             "schedules": plot_schedules(rows, out / "schedules.png")}
+    written.update({k: v for k, v in plots.items() if v is not None})
+    md = [f"# {title}", ""] + ([intro, ""] if intro else [])
+    md += [markdown_table(head, data), ""]
+    for line in notes(rows, ref, list(unfinished)):   # paragraphs; consecutive "- " lines stay one list
+        md += [line] if line.startswith("- ") and md[-1].startswith("- ") else ["", line] if md[-1] else [line]
+    md.append("")
+    md += [f"![{k}]({p.name})" for k, p in plots.items() if p is not None]
+    atomic_write_text(written["csv"], csv_text(head, data, rows))
+    atomic_write_text(written["md"], "\n".join(md) + "\n")
+    return written

@@ -1,0 +1,187 @@
+"""``fastrobust bench``: train and evaluate every run of a suite, then write the comparison.
+
+Each run lives in ``OUT/<run name>/`` (a normal run directory). Rerunning the
+same command continues where it stopped: a run with ``summary.json`` and an
+``eval.json`` covering the suite's attacks is skipped; a run with
+``summary.json`` only is evaluated; a run with ``last.pt`` is resumed exactly
+(``train(cfg, resume=True)``); anything else is (re)started from scratch.
+Settings are checked against each existing run's ``config.yaml`` first, so a
+changed suite never mixes with old results silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config import load_yaml
+from ..errors import ConfigError, FastrobustError
+from .results import BENCH_FILE, collect, pick_reference, write_report
+from .suite import RunSpec, Suite, check_attacks, check_runs, config_differences
+
+# files of a run that never got to its first checkpoint: removed before starting it again
+_STALE = ("config.yaml", "metrics.jsonl", "train.log", "best.pt", "curves.png", "eval.json")
+
+
+@dataclass
+class Plan:
+    run: RunSpec
+    dir: Path
+    action: str          # "done", "evaluate", "resume", "train"
+    detail: str = ""
+
+
+def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
+    """Whether an eval.json holds every attack asked for (on the asked number of images, when known)."""
+    if not path.is_file():
+        return False
+    try:
+        ev = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    done = set(ev.get("attacks") or {}) | {"clean"}
+    return set(attacks) <= done and (n is None or ev.get("n") in (None, n))
+
+
+def plan_runs(suite: Suite, runs: list[RunSpec], out: Path, attacks: list[str], overrides: dict,
+              eval_n: int | None) -> list[Plan]:
+    plans = []
+    for run in runs:
+        d = out / run.name
+        cfg = suite.train_config(run, d, **overrides)
+        if (d / "config.yaml").is_file() and ((d / "last.pt").is_file() or (d / "summary.json").is_file()):
+            diffs = config_differences(cfg, load_yaml(d / "config.yaml"))
+            if diffs:
+                raise ConfigError(f"{d} was trained with other settings than suite {suite.name!r} now asks for ("
+                                  + "; ".join(diffs[:4]) + "). Use another --out, or delete that folder to train it again")
+        if (d / "summary.json").is_file():
+            if _eval_covers(d / "eval.json", attacks, eval_n):
+                plans.append(Plan(run, d, "done", "finished and evaluated: skipped"))
+            else:
+                plans.append(Plan(run, d, "evaluate", "trained; evaluating"))
+        elif (d / "last.pt").is_file():
+            epochs = sum(1 for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()) \
+                if (d / "metrics.jsonl").is_file() else "?"
+            plans.append(Plan(run, d, "resume", f"resuming the unfinished run (epoch {epochs} of {cfg.epochs} logged)"))
+        else:
+            plans.append(Plan(run, d, "train", "training"))
+    return plans
+
+
+def describe(run: RunSpec) -> str:
+    """``free-8 (free: replays 8)``: the run's name, method and the settings it gives."""
+    settings = {**run.params, **run.config}
+    text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
+    method = run.method if run.method != run.name else ""
+    inner = ": ".join(x for x in (method, text) if x)
+    return run.name + (f" ({inner})" if inner else "")
+
+
+def _prepare_out(out: Path, suite: Suite) -> None:
+    marker = out / BENCH_FILE
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text()).get("suite")
+        except json.JSONDecodeError:
+            previous = None
+        if previous not in (None, suite.name):
+            raise FastrobustError(f"{out} holds results of suite {previous!r}, not {suite.name!r}; choose another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise FastrobustError(f"{out} exists and is not a `fastrobust bench` output folder (no {BENCH_FILE}); "
+                              f"pass --out with a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_autoattack(attacks: list[str]) -> None:
+    if not any(a == "aa" or a.startswith(("apgd", "fab", "square")) for a in attacks):
+        return
+    try:
+        from ..evaluation.autoattack import pyautoattack_version
+    except ImportError:
+        return
+    if pyautoattack_version() is None:
+        raise ConfigError("AutoAttack (--aa or an 'aa' attack in the suite) needs the pyautoattack package: "
+                          "pip install pyautoattack")
+
+
+def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | list[str] | None = None,
+              device: str | None = None, data_dir: str | None = None, dataset: str | None = None,
+              aa: bool = False, progress: bool | None = None, dry_run: bool = False,
+              echo: Callable[[str], None] = print) -> dict[str, Path]:
+    """Train, evaluate and compare the suite's runs (or those named in ``methods``, plus the reference).
+
+    ``device``, ``data_dir`` and ``dataset`` override the suite's common settings; ``aa`` adds
+    AutoAttack to its evaluation. Returns the paths written (results.md, results.csv, plots);
+    with ``dry_run``, prints what would be done and returns an empty dict.
+    """
+    from ..engine import train
+
+    out = Path(out) if out else Path(f"bench-{suite.name}")
+    overrides = {"device": device, "data_dir": data_dir, "dataset": dataset}
+    runs, notes = suite.select(methods)
+    check_runs(suite, **overrides)
+    attacks = check_attacks(suite.attacks + (["aa"] if aa and "aa" not in suite.attacks else []))
+    _check_autoattack(attacks)
+    eval_n = suite.test_subset or suite.common.get("test_subset")
+    plans = plan_runs(suite, runs, out, attacks, overrides, eval_n)
+    for note in notes:
+        echo(f"note: {note}")
+    echo(f"suite {suite.source}: {len(plans)} runs -> {out}; evaluation: {', '.join(attacks)}"
+         + (f" on {eval_n} test images" if eval_n else " on the test set"))
+    for i, p in enumerate(plans, 1):
+        echo(f"  [{i}/{len(plans)}] {describe(p.run)}: {p.detail}")
+    if dry_run:
+        return {}
+
+    _prepare_out(out, suite)
+    from ..engine.checkpoint import atomic_write_text
+
+    atomic_write_text(out / "suite.yaml", suite.text)
+    atomic_write_text(out / BENCH_FILE, json.dumps({
+        "suite": suite.name, "source": suite.source, "reference": suite.reference,
+        "runs": [r.name for r in suite.runs], "attacks": attacks,
+        "overrides": {k: v for k, v in overrides.items() if v is not None}}, indent=2) + "\n")
+    for i, p in enumerate(plans, 1):
+        echo(f"\n[{i}/{len(plans)}] {describe(p.run)}: {p.detail}")
+        if p.action == "done":
+            continue
+        if p.action in ("train", "resume"):
+            if p.action == "train":
+                for name in _STALE:
+                    (p.dir / name).unlink(missing_ok=True)
+            train(suite.train_config(p.run, p.dir, **overrides), resume=p.action == "resume",
+                  progress=progress, echo=echo)
+        evaluate_run(p.dir, attacks, test_subset=eval_n, batch_size=suite.eval_batch_size,
+                     device=device or suite.common.get("device"),
+                     data_dir=data_dir, progress=progress, echo=echo)
+
+    # the table: every finished run of the suite in this folder (also those of earlier --methods)
+    rows, unfinished, _ = collect([out], only=[r.name for r in suite.runs])
+    ref = pick_reference(rows, None, suite.reference)
+    intro = (f"Suite `{suite.name}` ({suite.source}): {suite.description}".rstrip(": ") + "\n\n"
+             f"Command: `fastrobust bench {suite.name if suite.source.endswith('(shipped)') else suite.source}"
+             f" --out {out}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items() if v is not None)
+             + (f" --methods {methods if isinstance(methods, str) else ','.join(methods)}" if methods else "")
+             + (" --aa" if aa else "") + "`")
+    written = write_report(rows, out, ref, unfinished, title=f"fastrobust bench: {suite.name}", intro=intro)
+    echo("\n" + (out / "results.md").read_text())
+    echo("wrote " + ", ".join(str(p) for p in written.values()))
+    return written
+
+
+def evaluate_run(run_dir: Path, attacks: list[str], *, test_subset: int | None, batch_size: int,
+                 device: str | None, data_dir: str | None, progress: bool | None,
+                 echo: Callable[[str], None] = print) -> dict:
+    """Evaluate a trained run's best checkpoint with ``attacks``; writes RUN_DIR/eval.json."""
+    from ..evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(run_dir, attacks=tuple(attacks), test_subset=test_subset, batch_size=batch_size,
+                                 device=None if device in (None, "auto") else device, data_dir=data_dir,
+                                 progress=progress)
+    accs = ", ".join(f"{name} {100 * r['accuracy']:.2f}%" for name, r in result["attacks"].items())
+    echo(f"evaluated {run_dir.name} on {result['n']} test images: {accs}; worst case {100 * result['robust_accuracy']:.2f}%")
+    for flag in result.get("flags") or []:
+        echo(f"WARNING: {flag.get('check')}: {flag.get('message')}")
+    return result

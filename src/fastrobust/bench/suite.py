@@ -1,0 +1,310 @@
+"""Benchmark suites: YAML files naming training runs that share one setting.
+
+A suite looks like this (the shipped ones are in ``bench/suites/``)::
+
+    name: mnist-quick
+    description: one line shown by `fastrobust bench --list`
+    reference: pgd              # the run that costs and accuracies are compared with
+    common:                     # TrainConfig keys shared by every run (data, model, seed, epochs, eps, ...)
+      dataset: mnist-subset
+      epochs: 5
+    evaluation:                 # what `fastrobust eval` runs on each trained model
+      attacks: [clean, pgd20]
+      test_subset: 1000
+    runs:                       # run name -> method, its parameters, per-run optimisation keys
+      natural:                  # method defaults to the run's name
+      pgd: {params: {steps: 10}, alpha: 0.01}
+      free-8: {method: free, params: {replays: 8}}
+
+Everything is checked when the suite is loaded, before any training: keys,
+method names and parameters, and (for the named data sets) the resolved
+configuration of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import TrainConfig, parse_number, resolve, validate
+from ..errors import ConfigError
+
+TOP_KEYS = ("name", "description", "reference", "common", "evaluation", "runs")
+EVAL_KEYS = ("attacks", "test_subset", "batch_size")
+# per-run keys: how a method is optimised may differ between runs; everything else is shared
+RUN_CONFIG_KEYS = ("alpha", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
+                   "lr_gamma", "grad_clip")
+RUN_KEYS = ("method", "params", *RUN_CONFIG_KEYS)
+COMMON_KEYS = tuple(k for k in TrainConfig.keys() if k not in ("method", "method_params", "out"))
+NUMBER_KEYS = ("eps", "alpha", "lr")
+DEFAULT_ATTACKS = ("clean", "pgd20")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+@dataclass
+class RunSpec:
+    """One run of a suite: a method, its (given) parameters and its per-run configuration keys."""
+
+    name: str
+    method: str
+    params: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    source: str                         # the YAML file it was read from
+    reference: str
+    common: dict
+    attacks: list[str]
+    runs: list[RunSpec]
+    test_subset: int | None = None      # evaluation subset (default: the runs' test_subset)
+    eval_batch_size: int = 500
+    text: str = ""                      # the YAML as written, comments included
+
+    def run(self, name: str) -> RunSpec:
+        return next(r for r in self.runs if r.name == name)
+
+    def train_config(self, run: RunSpec, out: str | Path | None = None, **overrides: Any) -> TrainConfig:
+        """The run's configuration: common keys, then the run's own, then ``overrides`` that are not None."""
+        values = {**self.common, **run.config, **{k: v for k, v in overrides.items() if v is not None}}
+        cfg = TrainConfig().update(values, f"suite {self.source}")
+        cfg.method, cfg.method_params, cfg.out = run.method, dict(run.params), None if out is None else str(out)
+        cfg.model_options = dict(cfg.model_options)
+        return cfg
+
+    def select(self, names: str | list[str] | None) -> tuple[list[RunSpec], list[str]]:
+        """The runs named (by run name or method name), always with the reference; plus notes to print."""
+        if not names:
+            return list(self.runs), []
+        wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        wanted = [n for n in wanted if n]
+        chosen: set[str] = set()
+        for n in wanted:
+            hits = [r.name for r in self.runs if n in (r.name, r.method)]
+            if not hits:
+                raise ConfigError(f"--methods: {n!r} is not a run of suite {self.name!r}. Its runs: "
+                                  f"{', '.join(r.name for r in self.runs)}")
+            chosen.update(hits)
+        notes = []
+        if self.reference not in chosen:
+            chosen.add(self.reference)
+            notes.append(f"the reference run {self.reference!r} is included: costs and accuracies are compared with it")
+        return [r for r in self.runs if r.name in chosen], notes
+
+
+# ---------------------------------------------------------------------------
+def shipped_dir():
+    return resources.files("fastrobust.bench") / "suites"
+
+
+def shipped_suites() -> dict[str, str]:
+    """Names of the suites shipped in the package, with their one-line descriptions."""
+    out = {}
+    for entry in sorted(shipped_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[:-5]] = str(data.get("description", "")) if isinstance(data, dict) else ""
+    return out
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Load and validate a shipped suite (by name) or the user's own YAML file (by path)."""
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    if path.suffix in (".yaml", ".yml") or path.is_file() or "/" in text_name:
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist (give a shipped suite name, "
+                              f"one of {', '.join(shipped_suites())}, or the path of a YAML file)")
+        return parse_suite(path.read_text(), str(path))
+    entry = shipped_dir() / f"{text_name}.yaml"
+    if not entry.is_file():
+        raise ConfigError(f"unknown suite {text_name!r}. Shipped suites: {', '.join(shipped_suites())} "
+                          f"(`fastrobust bench --list`); or pass the path of your own YAML file")
+    return parse_suite(entry.read_text(), f"{text_name} (shipped)")
+
+
+def parse_suite(text: str, source: str = "<suite>") -> Suite:
+    """Parse and validate a suite's YAML text; every error names the file, the place and the fix."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"suite {source} is not valid YAML: {exc}") from None
+    where = f"suite {source}"
+    _mapping(data, where, "the file")
+    _known_keys(data, TOP_KEYS, where, "top-level key")
+    for key in ("name", "reference", "runs"):
+        if data.get(key) in (None, "", {}):
+            raise ConfigError(f"{where}: missing {key!r}" + {
+                "reference": " (name the run, e.g. pgd, that costs and accuracies are compared with)",
+                "runs": " (a mapping of run names to methods and parameters)",
+                "name": " (the suite's name)"}[key])
+    common = _common(data.get("common") or {}, where)
+    attacks, test_subset, eval_batch = _evaluation(data.get("evaluation") or {}, where)
+    runs_data = _mapping(data["runs"], where, "'runs'")
+    runs = [_run(str(name), spec, where) for name, spec in runs_data.items()]
+    reference = str(data["reference"])
+    if reference not in runs_data:
+        raise ConfigError(f"{where}: reference {reference!r} is not one of its runs ({', '.join(runs_data)})")
+    suite = Suite(name=str(data["name"]), description=str(data.get("description") or ""), source=source,
+                  reference=reference, common=common, attacks=attacks, runs=runs, test_subset=test_subset,
+                  eval_batch_size=eval_batch, text=text)
+    check_runs(suite)
+    return suite
+
+
+def check_runs(suite: Suite, **overrides: Any) -> None:
+    """Resolve and validate every run's configuration (when the data set's facts are known without loading it)."""
+    from ..data import DATASETS, list_datasets
+    from ..methods import get_method
+
+    for run in suite.runs:
+        cfg = suite.train_config(run, **overrides)
+        if cfg.dataset not in list_datasets():
+            raise ConfigError(f"suite {suite.source}: unknown dataset {cfg.dataset!r}; choose one of "
+                              f"{', '.join(list_datasets())}")
+        info = DATASETS.get(cfg.dataset)
+        if info is None:   # an image folder: checked when its data is loaded
+            continue
+        method_cls = get_method(run.method)
+        try:
+            resolved = resolve(cfg, info, method_cls)
+            validate(resolved)
+            method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
+        except ConfigError as exc:
+            raise ConfigError(f"suite {suite.source}, run {run.name!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+def _mapping(value: Any, where: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {what} must be a mapping of keys to values, got {type(value).__name__}")
+    return value
+
+
+def _known_keys(data: dict, allowed: tuple, where: str, what: str, hint: str = "") -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown {what} {key!r}. Allowed: {', '.join(allowed)}{hint}")
+
+
+def _numbers(values: dict, where: str) -> dict:
+    out = dict(values)
+    for key in NUMBER_KEYS:
+        if out.get(key) is not None:
+            out[key] = parse_number(out[key], f"{where}: {key}")
+    return out
+
+
+def _common(common: Any, where: str) -> dict:
+    common = _mapping(common, where, "'common'")
+    _known_keys(common, COMMON_KEYS, where, "key in 'common'",
+                " (method and method parameters belong to each run under 'runs')")
+    out = _numbers(common, f"{where}, common")
+    if "model_options" in out:
+        out["model_options"] = dict(_mapping(out["model_options"], where, "common.model_options"))
+    return out
+
+
+def _evaluation(ev: Any, where: str) -> tuple[list[str], int | None, int]:
+    ev = _mapping(ev, where, "'evaluation'")
+    _known_keys(ev, EVAL_KEYS, where, "key in 'evaluation'")
+    attacks = ev.get("attacks", list(DEFAULT_ATTACKS))
+    if isinstance(attacks, str):
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
+        raise ConfigError(f"{where}: evaluation.attacks must be a list of attack names, e.g. [clean, pgd50x10]")
+    attacks = check_attacks(attacks, where)
+    subset, batch = ev.get("test_subset"), ev.get("batch_size", 500)
+    for key, value, allow_none in (("test_subset", subset, True), ("batch_size", batch, False)):
+        if (value is None and not allow_none) or (value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1)):
+            raise ConfigError(f"{where}: evaluation.{key} must be an integer >= 1, got {value!r}")
+    return attacks, subset, batch
+
+
+def check_attacks(attacks: list[str], where: str = "evaluation") -> list[str]:
+    """Refuse attack names the evaluation does not know (when the evaluation package can say)."""
+    try:
+        from ..evaluation import parse_attacks
+    except ImportError:   # an older evaluation module without the parser: checked when it runs
+        return list(attacks)
+    try:
+        parse_attacks(list(attacks))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return list(attacks)
+
+
+def _run(name: str, spec: Any, where: str) -> RunSpec:
+    from ..methods import get_method
+
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: run name {name!r} must be letters, digits, '.', '_', '+' or '-' "
+                          f"(it names the run's folder)")
+    spec = {} if spec is None else _mapping(spec, where, f"run {name!r}")
+    here = f"{where}, run {name!r}"
+    _known_keys(spec, RUN_KEYS, here, "key",
+                " (keys shared by all runs, such as dataset, model, epochs, eps, seed, batch_size, go in 'common')")
+    method = str(spec.get("method", name))
+    try:
+        method_cls = get_method(method)
+    except ConfigError as exc:
+        hint = "" if "method" in spec else " (a run's method defaults to its name; set 'method:' for another)"
+        raise ConfigError(f"{here}: {exc}{hint}") from None
+    params = dict(_mapping(spec.get("params") or {}, here, "params"))
+    try:
+        resolved = method_cls.resolve_params(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{here}: {exc}") from None
+    given = {k.replace("-", "_") for k in params}
+    config = _numbers({k: v for k, v in spec.items() if k in RUN_CONFIG_KEYS}, here)
+    return RunSpec(name=name, method=method, params={k: v for k, v in resolved.items() if k in given}, config=config)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that treats 0.1 and 0.1000000001, and 1 and 1.0, as the same setting."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
+    """The settings in which a requested configuration differs from a run's saved (resolved) ``config.yaml``.
+
+    For the named data sets the request is resolved first, so every key is compared; for an image
+    folder (whose facts need its data) only the keys the request sets away from the defaults.
+    """
+    from ..data import DATASETS
+    from ..methods import get_method
+
+    info = DATASETS.get(requested.dataset)
+    if info is not None:
+        values, skip_defaults = resolve(requested, info, get_method(requested.method)).to_dict(), False
+    else:
+        values, skip_defaults = requested.to_dict(), True
+    defaults = dataclasses.asdict(TrainConfig())
+    out = []
+    for key, value in values.items():
+        if key in ("out", "device", "data_dir") or (skip_defaults and value == defaults[key]):
+            continue
+        old = saved.get(key)
+        if skip_defaults and isinstance(value, dict):
+            old = old or {}
+            out += [f"{key}.{k} was {old.get(k)!r}, now {v!r}" for k, v in value.items() if not same_value(old.get(k), v)]
+        elif not same_value(old, value):
+            out.append(f"{key} was {old!r}, now {value!r}")
+    return out

@@ -1,0 +1,236 @@
+"""Benchmark suites (loading, validation) and the report (table, CSV, plots) from run directories."""
+
+import csv
+import json
+
+import pytest
+
+from fastrobust.bench import collect, load_suite, parse_suite, pick_reference, shipped_suites, write_report
+from fastrobust.bench.results import notes
+from fastrobust.bench.suite import config_differences
+from fastrobust.cli import main
+from fastrobust.errors import ConfigError, FastrobustError
+from fastrobust.methods import list_methods
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+TINY = """\
+name: tiny
+reference: pgd
+common: {dataset: mnist-subset, epochs: 2, eps: 0.3}
+evaluation: {attacks: [clean, pgd5]}
+runs:
+  natural:
+  pgd: {params: {steps: 2}}
+  free-2: {method: free, params: {replays: 2}}
+"""
+
+
+def test_shipped_suites_load_and_cover_every_method():
+    names = shipped_suites()
+    assert {"mnist-quick", "mnist", "cifar10-small", "cifar10-deat", "cifar100-deat"} <= set(names)
+    registered = {cls.name for cls in list_methods()}
+    for name in names:
+        suite = load_suite(name)
+        assert suite.name == name and suite.description and suite.reference in [r.name for r in suite.runs]
+        assert suite.run(suite.reference).method == "pgd"
+    for name in ("mnist-quick", "mnist"):
+        assert {r.method for r in load_suite(name).runs} == registered
+
+
+def test_mnist_suite_matches_the_reference_runs():
+    suite = load_suite("mnist")
+    assert suite.common == {"dataset": "mnist", "model": "mnist-cnn", "eps": 0.3, "epochs": 10, "eps_warmup": 2,
+                            "test_subset": 1000, "seed": 0}
+    assert suite.attacks == ["clean", "pgd50x10"] and suite.test_subset == 1000
+    pgd = suite.run("pgd")
+    assert pgd.params == {"steps": 40} and pgd.config == {"alpha": 0.01}
+    assert suite.run("mpgd").params == {"k_max": 40} and suite.run("mpgd").config == {"alpha": 0.01}
+    assert suite.run("mdeat").params == {} and suite.run("free").params == {}
+    cfg = suite.train_config(pgd, "x", data_dir="/data")
+    assert (cfg.method, cfg.epochs, cfg.lr, cfg.optimizer, cfg.data_dir, cfg.out) == ("pgd", 10, None, None, "/data", "x")
+
+
+def test_cifar_suites_use_the_paper_schedule():
+    suite = load_suite("cifar10-deat")
+    assert suite.common["lr_milestones"] == [25, 40] and suite.common["eps"] == pytest.approx(8 / 255)
+    assert suite.run("mdeat").config["alpha"] == pytest.approx(10 / 255)
+    assert "aa" in suite.attacks
+    assert load_suite("cifar100-deat").common["dataset"] == "cifar100"
+    small = load_suite("cifar10-small")
+    assert small.common["dataset"] == "imagefolder" and small.common["model_options"] == {"width": 16}
+
+
+@pytest.mark.parametrize("text, words", [
+    (TINY.replace("  natural:\n", "  natrual:\n"), ["natrual", "unknown method", "Available methods"]),
+    (TINY.replace("name: tiny", "name: tiny\nrefernce: pgd"), ["unknown top-level key", "refernce", "Allowed"]),
+    (TINY.replace("reference: pgd\n", ""), ["missing 'reference'", "compared with"]),
+    (TINY.replace("reference: pgd", "reference: pgd-7"), ["reference 'pgd-7'", "natural, pgd, free-2"]),
+    (TINY.replace("epochs: 2,", "epochs: 2, method_params: {steps: 3},"), ["'common'", "method_params", "each run"]),
+    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, epochs: 3}"), ["run 'pgd'", "'epochs'", "common"]),
+    (TINY.replace("{steps: 2}", "{stepz: 2}"), ["run 'pgd'", "stepz", "--steps"]),
+    (TINY.replace("{steps: 2}", "{steps: -1}"), ["run 'pgd'", "steps", ">= 1"]),
+    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, alpha: 0.5}"), ["run 'pgd'", "alpha", "eps"]),
+    (TINY.replace("pgd5", "pgd5x"), ["unknown attack", "pgd5x"]),
+    (TINY.replace("dataset: mnist-subset", "dataset: mnist-big"), ["unknown dataset", "mnist-big"]),
+    (TINY.replace("free-2:", "free 2:"), ["run name", "free 2"]),
+    (TINY.replace("eps: 0.3", "eps: 3/0"), ["eps", "8/255"]),
+    ("runs: [a, b", ["not valid YAML"]),
+    ("- a\n- b\n", ["must be a mapping"]),
+])
+def test_bad_suites_are_refused_with_the_fix(text, words):
+    with pytest.raises(ConfigError) as err:
+        parse_suite(text, "my.yaml")
+    assert "my.yaml" in str(err.value)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_load_suite_by_name_or_path(tmp_path):
+    with pytest.raises(ConfigError, match="unknown suite 'mnist-quik'.*mnist-quick"):
+        load_suite("mnist-quik")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_suite(tmp_path / "none.yaml")
+    (tmp_path / "t.yaml").write_text(TINY)
+    suite = load_suite(tmp_path / "t.yaml")
+    assert [r.name for r in suite.runs] == ["natural", "pgd", "free-2"] and suite.run("free-2").method == "free"
+
+
+def test_select_always_keeps_the_reference():
+    suite = parse_suite(TINY)
+    runs, notes = suite.select("free")
+    assert [r.name for r in runs] == ["pgd", "free-2"] and "reference" in notes[0]
+    assert [r.name for r in suite.select(None)[0]] == ["natural", "pgd", "free-2"]
+    with pytest.raises(ConfigError, match="'mdeat' is not a run"):
+        suite.select("mdeat,natural")
+
+
+def test_changed_settings_are_detected():
+    suite = parse_suite(TINY)
+    saved = suite.train_config(suite.run("pgd"))
+    from fastrobust.config import resolve
+    from fastrobust.data import DATASETS
+    from fastrobust.methods import get_method
+
+    saved = resolve(saved, DATASETS["mnist-subset"], get_method("pgd")).to_dict()
+    assert config_differences(suite.train_config(suite.run("pgd"), "elsewhere", device="cpu"), saved) == []
+    changed = parse_suite(TINY.replace("epochs: 2", "epochs: 3"))
+    assert config_differences(changed.train_config(changed.run("pgd")), saved)[0] == "epochs was 2, now 3"
+
+
+# --------------------------------------------------------------------------- report from run dirs
+def _run_dir(path, method, passes, seconds, clean, robust, evaluation=None, metrics_extra=None):
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({
+        "method": method, "epochs": 2, "passes_per_example": passes, "train_seconds": seconds,
+        "train_cpu_seconds": 2 * seconds, "torch_threads": 2, "device": "cpu", "test_clean_acc": clean,
+        "test_robust_acc": robust, "test_attack": "PGD-20 CE, eps 0.3, alpha 0.0375, 1 restart",
+        "test_examples": 100}))
+    lines = [{"epoch": e, "val_robust_acc": robust * e / 2, "epoch_passes": passes / 2, **(metrics_extra or {})}
+             for e in (1, 2)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    if evaluation is not None:
+        pgd, aa = evaluation
+        (path / "eval.json").write_text(json.dumps({
+            "n": 100, "eps": 0.3, "norm": "linf", "clean_accuracy": clean, "robust_accuracy": aa, "cascade": True,
+            "attacks": {"clean": {"accuracy": clean, "worst_case_accuracy": clean},
+                        "pgd50x10": {"accuracy": pgd, "worst_case_accuracy": pgd,
+                                     "settings": {"attack": "PGD-50 CE x 10 restarts", "alpha": 0.01}},
+                        "aa": {"accuracy": 0.9, "worst_case_accuracy": aa, "settings": {"attack": "AutoAttack"}}},
+            "flags": [{"check": "square", "message": "Square beat the white-box attacks"}] if method == "free" else []}))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    _run_dir(root / "pgd", "pgd", 22.0, 40.0, 0.90, 0.60, (0.62, 0.60))
+    _run_dir(root / "mdeat", "mdeat", 11.0, 20.0, 0.92, 0.55, (0.58, 0.555), {"r": 2})
+    _run_dir(root / "free", "free", 8.0, 16.0, 0.91, 0.50, None)
+    (root / "broken").mkdir()
+    (root / "broken" / "config.yaml").write_text("method: pgd\n")   # started, no summary yet
+    return root
+
+
+def test_report_table_csv_and_plots(runs, tmp_path):
+    rows, unfinished, _ = collect([runs / "pgd", runs / "mdeat", runs / "free", runs / "broken"])
+    assert [r.name for r in rows] == ["pgd", "mdeat", "free"] and unfinished == [str(runs / "broken")]
+    ref = pick_reference(rows, None)
+    assert ref.name == "pgd"
+    written = write_report(rows, tmp_path / "rep", ref, unfinished)
+    for key in ("frontier", "val_robust", "schedules"):
+        assert written[key].read_bytes()[:8] == PNG
+    md = written["md"].read_text()
+    assert "| mdeat " in md and "free †" in md and "no eval.json" in md and "Not finished" in md
+    assert "WARNING" not in md
+    table = {r["run"]: r for r in csv.DictReader(written["csv"].open())}
+    m = table["mdeat"]
+    assert float(m["passes_vs_ref"]) == pytest.approx(0.5) and float(m["time_vs_ref"]) == pytest.approx(0.5)
+    assert float(m["cpu_time_vs_ref"]) == pytest.approx(0.5)
+    assert float(m["autoattack_pct"]) == pytest.approx(55.5) and float(m["d_autoattack_pts"]) == pytest.approx(-4.5)
+    assert float(m["d_pgd_50x10_pts"]) == pytest.approx(-4.0) and float(m["d_clean_pts"]) == pytest.approx(2.0)
+    f = table["free"]
+    assert f["accuracy_source"] == "summary.json" and f["autoattack_pct"] == ""
+    assert float(f["clean_pct"]) == pytest.approx(91.0)
+    assert float(f["pgd_20_ce_summary_json_pct"]) == pytest.approx(50.0)
+
+
+def test_report_command(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["report", str(runs / "pgd"), str(runs / "mdeat"), "--out", str(out), "--reference", "mdeat"]) == 0
+    text = capsys.readouterr().out
+    assert "Reference: mdeat" in text and (out / "results.csv").is_file() and (out / "frontier.png").is_file()
+    assert main(["report", str(runs / "pgd"), "--reference", "trades", "--out", str(out)]) == 2
+    assert "--reference 'trades' is none of the runs" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "holds no runs" in capsys.readouterr().err
+
+
+def test_report_of_a_bench_folder_uses_its_reference(runs, tmp_path):
+    (runs / "bench.json").write_text(json.dumps({"suite": "x", "reference": "mdeat", "runs": ["mdeat", "pgd"]}))
+    rows, unfinished, suggested = collect([runs])
+    assert [r.name for r in rows][:2] == ["mdeat", "pgd"] and suggested == "mdeat"
+    assert pick_reference(rows, None, suggested).name == "mdeat"
+    assert main(["report", str(runs)]) == 0 and (runs / "results.md").is_file()
+
+
+def test_flags_of_the_evaluation_are_shown(runs, tmp_path):
+    (runs / "free" / "eval.json").write_text((runs / "pgd" / "eval.json").read_text().replace(
+        '"flags": []', '"flags": [{"check": "square", "message": "Square beat PGD"}]'))
+    rows, _, _ = collect([runs / "pgd", runs / "free"])
+    assert "WARNING (free): square: Square beat PGD" in notes(rows, rows[0], [])
+
+
+def test_bench_command_line_errors(capsys, tmp_path):
+    assert main(["bench"]) == 2
+    assert "name a suite" in capsys.readouterr().err
+    assert main(["bench", "nosuch"]) == 2
+    assert "unknown suite 'nosuch'" in capsys.readouterr().err
+    assert main(["bench", "--list"]) == 0
+    assert "mnist-quick" in capsys.readouterr().out
+    assert main(["bench", "mnist-quick", "--methods", "nosuch", "--dry-run"]) == 2
+    assert "'nosuch' is not a run of suite 'mnist-quick'" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    assert main(["bench", "mnist-quick", "--methods", "natural", "--out", str(tmp_path / "other")]) == 2
+    assert "not a `fastrobust bench` output folder" in capsys.readouterr().err
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(capsys, tmp_path):
+    assert main(["bench", "mnist-quick", "--dry-run", "--out", str(tmp_path / "b"), "--methods", "mdeat"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out and "pgd (steps 10): training" in out and "mdeat: training" in out
+    assert not (tmp_path / "b").exists()
+
+
+def test_accuracies_on_other_test_images_are_not_compared(runs, tmp_path):
+    path = runs / "mdeat" / "eval.json"
+    path.write_text(path.read_text().replace('"n": 100', '"n": 50'))
+    rows, _, _ = collect([runs / "pgd", runs / "mdeat"])
+    written = write_report(rows, tmp_path / "r", rows[0])
+    m = {r["run"]: r for r in csv.DictReader(written["csv"].open())}["mdeat"]
+    assert m["test_n"] == "50" and m["d_clean_pts"] == "" and m["d_autoattack_pts"] == ""
+    assert float(m["passes_vs_ref"]) == pytest.approx(0.5)
+    assert "different numbers of test images" in written["md"].read_text()

@@ -1,0 +1,109 @@
+"""A real (tiny) benchmark: train, evaluate, report; stopped halfway, it skips finished runs and resumes."""
+
+import csv
+import json
+
+import pytest
+
+from fastrobust.bench import load_suite, parse_suite, run_suite
+from fastrobust.cli import main
+from fastrobust.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+SUITE = """\
+name: tiny
+description: two methods, 2 epochs on 300 images of the shipped MNIST subset
+reference: pgd
+common: {dataset: mnist-subset, epochs: 2, train_subset: 300, val_size: 100, test_subset: 100, eps: 0.3,
+         val_steps: 2, test_steps: 2}
+evaluation: {attacks: [clean, pgd3]}
+runs:
+  natural:
+  pgd: {params: {steps: 2}}
+  mdeat: {}
+"""
+
+
+class Stop(Exception):
+    pass
+
+
+def test_bench_stopped_halfway_resumes_then_skips(tmp_path):
+    out = tmp_path / "bench"
+    suite_file = tmp_path / "tiny.yaml"
+    suite_file.write_text(SUITE)
+    lines = []
+
+    def stop_in_pgd(line):   # "killed" during pgd's 2nd epoch, after its 1st checkpoint
+        lines.append(line)
+        if line.startswith("epoch 2/2") and (out / "pgd" / "last.pt").is_file():
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_suite(load_suite(suite_file), out, progress=False, echo=stop_in_pgd)
+    assert (out / "natural" / "eval.json").is_file() and not (out / "pgd" / "summary.json").exists()
+    natural_mtime = (out / "natural" / "summary.json").stat().st_mtime_ns
+
+    lines.clear()
+    written = run_suite(load_suite(suite_file), out, progress=False, echo=lines.append)
+    text = "\n".join(lines)
+    assert "natural: finished and evaluated: skipped" in text
+    assert "pgd (steps 2): resuming the unfinished run" in text and "resuming" in text
+    assert (out / "natural" / "summary.json").stat().st_mtime_ns == natural_mtime
+    metrics = [json.loads(l) for l in (out / "pgd" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+
+    table = list(csv.DictReader(written["csv"].open()))
+    assert [r["run"] for r in table] == ["natural", "pgd", "mdeat"]
+    assert all(r["accuracy_source"] == "eval.json" and r["test_images"] == "100" for r in table)
+    pgd = next(r for r in table if r["run"] == "pgd")
+    assert float(pgd["passes_vs_ref"]) == 1.0 and float(pgd["passes_per_example"]) == pytest.approx(6.0)
+    assert float(next(r for r in table if r["run"] == "natural")["passes_vs_ref"]) == pytest.approx(2 / 6)
+    ev = json.loads((out / "mdeat" / "eval.json").read_text())
+    assert float(table[2]["pgd_3_pct"]) == pytest.approx(100 * ev["attacks"]["pgd3"]["worst_case_accuracy"])
+    for name in ("results.md", "frontier.png", "val_robust.png", "schedules.png", "suite.yaml", "bench.json"):
+        assert (out / name).is_file()
+    assert "mdeat" in (out / "results.md").read_text()
+
+    # everything finished: nothing is trained or evaluated again
+    lines.clear()
+    run_suite(load_suite(suite_file), out, progress=False, echo=lines.append)
+    assert sum("skipped" in l for l in lines) >= 3 and not any(l.startswith(("epoch", "evaluated")) for l in lines)
+
+    # asking for another attack re-evaluates, without training
+    lines.clear()
+    run_suite(parse_suite(SUITE.replace("[clean, pgd3]", "[clean, pgd3, fgsm]"), str(suite_file)), out,
+              methods="natural", progress=False, echo=lines.append)
+    assert any(l.startswith("evaluated natural") for l in lines) and not any(l.startswith("epoch") for l in lines)
+    assert "fgsm" in json.loads((out / "natural" / "eval.json").read_text())["attacks"]
+
+    # a changed suite never mixes with the old results
+    with pytest.raises(ConfigError, match="other settings.*epochs was 2, now 3"):
+        run_suite(parse_suite(SUITE.replace("epochs: 2", "epochs: 3"), "changed.yaml"), out, progress=False,
+                  echo=lines.append)
+
+
+def test_bench_command_runs_a_user_suite(tmp_path, capsys):
+    suite_file = tmp_path / "one.yaml"
+    suite_file.write_text(SUITE.replace("  natural:\n", "").replace("  mdeat: {}\n", "")
+                          .replace("epochs: 2,", "epochs: 1,"))
+    out = tmp_path / "b"
+    assert main(["bench", str(suite_file), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "| pgd " in text and "wrote" in text and (out / "results.csv").is_file()
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert "Reference: pgd" in (tmp_path / "again" / "results.md").read_text()
+
+
+def test_engine_overhead_benchmark_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_overhead.py"
+    spec = importlib.util.spec_from_file_location("engine_overhead", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ratio = module.main(["--steps", "1", "--epochs", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert ratio > 0 and "wall time:" in out and "CPU seconds:" in out and "target >= 0.95" in out
