@@ -121,6 +121,11 @@ def _attack(
     # Forwarding only the active examples would change batch-norm statistics in train mode.
     sub_batch = early_stop and not any(m.training for m in model.modules())
     rows = slice(None)
+    if not early_stop:   # the plain loop: no masks, no indexed copies (the common training case)
+        for _ in range(steps):
+            grad, _ = _input_grad(model, x + delta, y, lf)
+            delta = tm.project(delta + alpha * tm.direction(grad), x, eps)
+        return (x + delta).clamp(0, 1)
     for _ in range(steps):
         if sub_batch:
             rows = active.nonzero().squeeze(1)
