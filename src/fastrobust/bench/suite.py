@@ -299,9 +299,9 @@ def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
     defaults = dataclasses.asdict(TrainConfig())
     out = []
     for key, value in values.items():
-        if key in ("out", "device", "data_dir") or (skip_defaults and value == defaults[key]):
+        if key in ("out", "device", "data_dir", "dist_timeout") or (skip_defaults and value == defaults[key]):
             continue
-        old = saved.get(key)
+        old = saved.get(key, defaults[key])   # a key newer than the run: the run had its default
         if skip_defaults and isinstance(value, dict):
             old = old or {}
             out += [f"{key}.{k} was {old.get(k)!r}, now {v!r}" for k, v in value.items() if not same_value(old.get(k), v)]
