@@ -33,11 +33,15 @@ def synthetic(n=64, classes=3, shape=(1, 4, 4), seed=0):
 
 
 class ForwardCounter:
-    """Counts examples going through a model's forward (each counted forward ~ one pass here)."""
+    """Counts examples going through a model's forward (each counted forward ~ one pass here);
+    with ``backward=True``, through its backward instead."""
 
-    def __init__(self, model):
+    def __init__(self, model, backward: bool = False):
         self.examples = 0
-        model.register_forward_hook(self._hook)
+        if backward:
+            model.register_full_backward_hook(lambda module, grad_in, grad_out: self._count(grad_out[0]))
+        else:
+            model.register_forward_hook(lambda module, inputs, output: self._count(inputs[0]))
 
-    def _hook(self, module, inputs, output):
-        self.examples += inputs[0].shape[0]
+    def _count(self, t):
+        self.examples += t.shape[0]

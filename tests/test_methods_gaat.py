@@ -15,17 +15,6 @@ from helpers import ForwardCounter, TinyNet, synthetic
 from test_methods_mplus import EPS, make, run_epochs
 
 
-class BackwardCounter:
-    """Counts examples going through a model's backward."""
-
-    def __init__(self, model):
-        self.examples = 0
-        model.register_full_backward_hook(self._hook)
-
-    def _hook(self, module, grad_input, grad_output):
-        self.examples += grad_output[0].shape[0]
-
-
 def attack(model, x, y, seed=1, **kw):
     args = dict(eps=EPS, alpha=EPS / 4, steps=10, tau=0.3, check_every=1, order=1)
     args.update(kw)
@@ -52,7 +41,7 @@ def test_linear_loss_needs_one_true_gradient_per_example():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     x, y = synthetic(40, classes=2)
-    backward = BackwardCounter(model)
+    backward = ForwardCounter(model, backward=True)
     forward = ForwardCounter(model)
     x_adv, st = attack(model, x, y, eps=0.01, alpha=0.0025, steps=10, tau=0.05)
     assert st.remainder_sum / st.checks < 0.01
@@ -80,7 +69,7 @@ def test_perturbation_stays_in_ball_and_box_and_cost_is_what_was_done(order, che
     model = TinyNet()
     x, y = synthetic(64)
     x[:8] = 0.0            # pixels on the box's edge
-    forward, backward = ForwardCounter(model), BackwardCounter(model)
+    forward, backward = ForwardCounter(model), ForwardCounter(model, backward=True)
     x_adv, st = attack(model, x, y, eps=0.2, alpha=0.05, tau=tau, check_every=check_every, order=order)
     assert (x_adv - x).abs().max() <= 0.2 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert st.passes == pytest.approx(forward.examples * FORWARD + backward.examples * BACKWARD)
