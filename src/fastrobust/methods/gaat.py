@@ -46,7 +46,7 @@ and produces its perturbation, at PGD-K's cost. A loss that is linear in delta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -69,9 +69,8 @@ class AttackStats:
     approximated: int = 0      # of which used an approximated gradient
     true_grads: int = 0        # true input gradients paid for (the start included)
     checks: int = 0            # forwards that measured the remainder
-    remainder_sum: float = 0.0
+    remainder_sum: float = 0.0  # sum of rho over the checks, each clipped at 1e6
     passes: float = 0.0        # attack passes, METHODS.md units
-    extra: dict = field(default_factory=dict)
 
     def add(self, other: "AttackStats") -> None:
         for name in ("examples", "steps", "approximated", "true_grads", "checks", "remainder_sum", "passes"):
@@ -166,7 +165,7 @@ class GAAT(PGDAT):
     params = (
         Param("steps", int, 10, "K, the attack's step budget (as PGD-K)", minimum=1),
         Param("tau", float, 0.3, "refresh an example's true gradient when the Taylor remainder, relative to the "
-              "predicted loss change, exceeds tau (0: every check refreshes: PGD-K)", minimum=0),
+              "predicted loss change, exceeds tau (0 with --check-every 1: exactly PGD-K)", minimum=0),
         Param("check_every", int, 2, "measure the remainder (one forward) every this many steps", minimum=1),
         Param("order", int, 1, "Taylor order of the partial sum: 1, or 2 (adds a secant Hessian-vector estimate)",
               choices=(1, 2)),
