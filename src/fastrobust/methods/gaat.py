@@ -128,10 +128,11 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
             losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
             change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if order == 2 else 0.0)
             rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
-            st.checks += n
-            st.remainder_sum += rho.clamp(max=1e6).sum().item()
             refresh = rho > tau
-            n_refresh = int(refresh.sum())
+            count, rho_sum = torch.stack([refresh.sum().to(rho.dtype), rho.clamp(max=1e6).sum()]).tolist()
+            n_refresh = int(count)          # one host sync per check, for both numbers
+            st.checks += n
+            st.remainder_sum += rho_sum
             if n_refresh > FULL_BACKWARD_SHARE * n:
                 (new_g,) = torch.autograd.grad(losses.sum(), ds)
                 refresh = torch.ones_like(refresh)
