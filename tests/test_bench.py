@@ -234,3 +234,16 @@ def test_accuracies_on_other_test_images_are_not_compared(runs, tmp_path):
     assert m["test_n"] == "50" and m["d_clean_pts"] == "" and m["d_autoattack_pts"] == ""
     assert float(m["passes_vs_ref"]) == pytest.approx(0.5)
     assert "different numbers of test images" in written["md"].read_text()
+
+
+def test_a_folder_of_runs_named_after_the_suite_is_adopted(tmp_path):
+    from fastrobust.bench.runner import _prepare_out
+
+    suite = load_suite("mnist-quick")
+    out = tmp_path / "runs"
+    (out / "natural").mkdir(parents=True)
+    (out / "natural" / "config.yaml").write_text("method: natural\n")
+    _prepare_out(out, suite)                       # only run folders of the suite: accepted
+    (out / "notes").mkdir()
+    with pytest.raises(FastrobustError, match="holds notes"):
+        _prepare_out(out, suite)

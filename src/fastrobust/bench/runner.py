@@ -6,7 +6,9 @@ same command continues where it stopped: a run with ``summary.json`` and an
 ``summary.json`` only is evaluated; a run with ``last.pt`` is resumed exactly
 (``train(cfg, resume=True)``); anything else is (re)started from scratch.
 Settings are checked against each existing run's ``config.yaml`` first, so a
-changed suite never mixes with old results silently.
+changed suite never mixes with old results silently. A folder with no
+``bench.json`` is accepted when it holds only run folders named after the suite's
+runs (say, trained earlier with ``fastrobust train``): they pass the same check.
 """
 
 from __future__ import annotations
@@ -88,9 +90,17 @@ def _prepare_out(out: Path, suite: Suite) -> None:
             previous = None
         if previous not in (None, suite.name):
             raise FastrobustError(f"{out} holds results of suite {previous!r}, not {suite.name!r}; choose another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise FastrobustError(f"{out} exists and is not a `fastrobust bench` output folder (no {BENCH_FILE}); "
-                              f"pass --out with a new or empty folder")
+    elif out.exists():
+        # a folder of runs trained with `fastrobust train` under the suite's run names is adopted:
+        # plan_runs has already checked each one's config.yaml against the suite
+        names = {r.name for r in suite.runs}
+        foreign = sorted(p.name for p in out.iterdir()
+                         if not (p.is_dir() and p.name in names and (p / "config.yaml").is_file()))
+        if foreign:
+            raise FastrobustError(
+                f"{out} exists and is not a `fastrobust bench` output folder (no {BENCH_FILE}; it holds "
+                f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}). Pass --out with a new or empty folder, "
+                f"or one holding only run folders named after the suite's runs")
     out.mkdir(parents=True, exist_ok=True)
 
 
