@@ -351,3 +351,18 @@ def test_other_invalid_arguments():
         robust_accuracy(tiny_cnn(), x, y, None, batch_size=0)
     with pytest.raises(ConfigError, match="labels"):
         robust_accuracy(tiny_cnn(), x, y[:2], None)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_linf_loop_matches_the_textbook_steps_bit_for_bit(loss):
+    # the in-place L-inf loop must take exactly the steps of project_linf(delta + alpha * sign(grad))
+    model = tiny_cnn().eval()
+    x, y = images(12)
+    x_adv = pgd(model, x, y, 0.1, steps=6, alpha=0.03, loss=loss, generator=torch.Generator().manual_seed(5))
+    delta = random_start(x, 0.1, generator=torch.Generator().manual_seed(5))
+    for _ in range(6):
+        xa = (x + delta).requires_grad_(True)
+        (grad,) = torch.autograd.grad(attack_loss(model(xa), y, loss).sum(), xa)
+        delta = project_linf(delta + 0.03 * grad.sign(), x, 0.1)
+    assert torch.equal(x_adv, (x + delta).clamp(0, 1))
+    assert (x_adv - x).abs().max() <= 0.1 + TOL and x_adv.min() >= 0 and x_adv.max() <= 1
