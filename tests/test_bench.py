@@ -247,3 +247,21 @@ def test_a_folder_of_runs_named_after_the_suite_is_adopted(tmp_path):
     (out / "notes").mkdir()
     with pytest.raises(FastrobustError, match="holds notes"):
         _prepare_out(out, suite)
+
+
+def test_a_method_parameter_newer_than_a_run_counts_as_its_default():
+    from fastrobust.config import TrainConfig
+
+    requested = TrainConfig(method="gaat", dataset="mnist-subset", method_params={"steps": 5})
+    saved = dict(requested.to_dict(), method_params={"steps": 5, "tau": 0.3, "check_every": 2, "order": 1,
+                                                     "attack_eval": False})      # saved before check_graph existed
+    from fastrobust.bench.suite import config_differences as diff
+    from fastrobust.config import resolve
+    from fastrobust.data import DATASETS
+    from fastrobust.methods import get_method
+
+    resolved = resolve(requested, DATASETS["mnist-subset"], get_method("gaat")).to_dict()
+    saved = {**resolved, "method_params": saved["method_params"]}
+    assert diff(requested, saved) == []
+    saved["method_params"] = {**saved["method_params"], "tau": 0.5}
+    assert any("method_params" in d for d in diff(requested, saved))

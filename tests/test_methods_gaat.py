@@ -108,3 +108,31 @@ def test_gaat_through_the_engine(tmp_path):
     expected = sum(r["attack_passes_per_example"] + 1 for r in records)
     assert summary["passes_per_example"] == pytest.approx(expected)
     assert summary["passes_per_example"] < 2 * 6                         # cheaper than PGD-5's 6 per epoch
+
+
+def test_graph_free_checks_refresh_as_sub_batches_with_the_same_steps():
+    # tau 0, a check every step: every example is refreshed at every check. With the graph kept
+    # that is one backward through the check forward (exactly PGD's K forwards); without it the
+    # refresh re-runs forward and backward, so the forwards about double but the steps are PGD's.
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x, y = synthetic(48)
+    expected = pgd(model, x, y, EPS, steps=10, alpha=EPS / 4, generator=torch.Generator().manual_seed(1))
+    forward, backward = ForwardCounter(model), ForwardCounter(model, backward=True)
+    x_adv, st = attack(model, x, y, tau=0.0, eval_mode=True, check_graph=False)
+    assert torch.allclose(x_adv, expected, atol=1e-6)
+    refreshed = st.true_grads - 48                   # nearly all (an example whose loss did not move has rho 0)
+    assert refreshed > 0.9 * 9 * 48
+    assert forward.examples == 48 + 9 * 48 + refreshed and backward.examples == st.true_grads
+    assert st.passes == pytest.approx(48 + 9 * 48 * FORWARD + refreshed)
+
+
+def test_graph_free_checks_decide_like_graph_checks():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x, y = synthetic(64)
+    kept, st_kept = attack(model, x, y, tau=0.3, check_every=2, eval_mode=True)
+    free, st_free = attack(model, x, y, tau=0.3, check_every=2, eval_mode=True, check_graph=False)
+    assert torch.allclose(kept, free, atol=1e-6)
+    assert (st_kept.true_grads, st_kept.approximated) == (st_free.true_grads, st_free.approximated)
+    assert 64 < st_free.true_grads < 5 * 64          # some examples were refreshed, not all

@@ -28,7 +28,8 @@ Choices the abstract leaves open, and their reasons:
   Barzilai-Borwein scalar curvature. It costs nothing extra; until an example
   has two anchors it is order 1 (h = 0).
 * Work only where it is needed. The check forward runs on the whole batch
-  (with its graph kept). If more than 2/3 of the examples need a true gradient,
+  (with its graph kept; ``--check-graph false`` drops it, and every refresh is
+  then a sub-batch). If more than 2/3 of the examples need a true gradient,
   one backward through that graph refreshes *every* example (2/3 pass each: it
   costs less than re-running the sub-batch); otherwise only the examples that
   need one are forwarded and backwarded again as a sub-batch (1 pass each).
@@ -101,8 +102,11 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float,
                 check_every: int = 1, order: int = 1, eval_mode: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, AttackStats]:
-    """K-step L-inf attack on CE with approximated gradients; returns ``x_adv`` and what it cost."""
+                generator: torch.Generator | None = None, check_graph: bool = True) -> tuple[torch.Tensor, AttackStats]:
+    """K-step L-inf attack on CE with approximated gradients; returns ``x_adv`` and what it cost.
+
+    ``check_graph=False`` runs the check forwards without an autograd graph (cheaper when few
+    examples need a refresh); every refresh is then a sub-batch forward and backward."""
     x, y = x.detach(), y.detach()
     n = len(x)
     st = AttackStats(examples=n, steps=n * steps)
@@ -123,9 +127,10 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
                 st.approximated += n
                 grad = g_j + _expand(curv, s) * s if order == 2 else g_j
                 continue
-            # measure the remainder with a forward pass (graph kept for a possible full backward)
-            ds = delta.detach().requires_grad_(True)
-            losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
+            # measure the remainder with a forward pass (its graph kept for a possible full backward, or none)
+            ds = delta.detach().requires_grad_(check_graph)
+            with torch.set_grad_enabled(check_graph):
+                losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
             change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if order == 2 else 0.0)
             rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
             refresh = rho > tau
@@ -133,7 +138,7 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
             n_refresh = int(count)          # one host sync per check, for both numbers
             st.checks += n
             st.remainder_sum += rho_sum
-            if n_refresh > FULL_BACKWARD_SHARE * n:
+            if check_graph and n_refresh > FULL_BACKWARD_SHARE * n:
                 (new_g,) = torch.autograd.grad(losses.sum(), ds)
                 refresh = torch.ones_like(refresh)
                 new_loss, n_refresh = losses.detach(), n
@@ -170,6 +175,9 @@ class GAAT(PGDAT):
         Param("check_every", int, 2, "measure the remainder (one forward) every this many steps", minimum=1),
         Param("order", int, 1, "Taylor order of the partial sum: 1, or 2 (adds a secant Hessian-vector estimate)",
               choices=(1, 2)),
+        Param("check_graph", bool, True, "keep the check forward's autograd graph, so that one backward can refresh "
+              "everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes are few), "
+              "refreshes as sub-batches. Same counted passes"),
         ATTACK_EVAL,
     )
 
@@ -180,7 +188,7 @@ class GAAT(PGDAT):
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         x_adv, st = gaat_attack(model, batch.x, batch.y, batch.eps, batch.alpha, self.steps, self.tau,
-                                self.check_every, self.order, self.attack_eval)
+                                self.check_every, self.order, self.attack_eval, check_graph=self.check_graph)
         self._epoch.add(st)
         logits = model(x_adv)
         loss = cross_entropy(logits, batch.y)
