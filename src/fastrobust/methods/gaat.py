@@ -177,7 +177,7 @@ class GAAT(PGDAT):
               choices=(1, 2)),
         Param("check_graph", bool, True, "keep the check forward's autograd graph, so that one backward can refresh "
               "everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes are few), "
-              "refreshes as sub-batches. Same counted passes"),
+              "every refresh a sub-batch forward and backward (the passes counted are the work done)"),
         ATTACK_EVAL,
     )
 
