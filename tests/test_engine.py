@@ -51,6 +51,26 @@ def test_outputs_contract(tmp_path):
     assert model(x).shape == (4, 10)
 
 
+@pytest.mark.parametrize("method,best_epoch", [("natural", 2), ("pgd", 1)])
+def test_best_checkpoint_selection(tmp_path, monkeypatch, method, best_epoch):
+    # scripted validation: epoch 1 is the more robust, epoch 2 the more accurate. Adversarial methods
+    # keep the most robust epoch; natural training (robust ~0 anyway) keeps the most accurate one.
+    from fastrobust.engine import trainer
+
+    real, scripted = trainer.evaluate_sharded, iter([(0.2, 0.5), (0.9, 0.0)])
+
+    def fake(model, split, dist, *, tag, **kw):
+        result = real(model, split, dist, tag=tag, **kw)
+        if tag == "val":
+            result["clean_acc"], result["robust_acc"] = next(scripted)
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate_sharded", fake)
+    summary = train(_cfg(tmp_path, method=method, epochs=2, method_params={"steps": 1} if method == "pgd" else {}),
+                    progress=False, echo=lambda s: None)
+    assert summary["best_epoch"] == best_epoch
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     train(_cfg(tmp_path, method="natural", epochs=1), progress=False, echo=lambda s: None)
     with pytest.raises(FastrobustError, match="already holds a run"):

@@ -42,7 +42,7 @@ examples:
 Data sets are looked for in --data-dir, else $FASTROBUST_DATA, else ~/.cache/fastrobust,
 and downloaded (checksum-verified) when missing and a network exists. `mnist-subset` ships
 with the package. Outputs in --out: config.yaml, metrics.jsonl, train.log, last.pt, best.pt
-(highest validation PGD-CW accuracy) and summary.json (test accuracy of best.pt).
+(highest validation PGD-CW accuracy; natural: clean accuracy) and summary.json (test accuracy of best.pt).
 """
 
 

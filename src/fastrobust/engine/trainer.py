@@ -369,8 +369,11 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             **method.state(),
         }
         state["epoch"] = epoch + 1
-        # best = highest validation robust accuracy, ties broken by clean accuracy (no split: the last epoch)
+        # best = highest validation robust accuracy, ties broken by clean accuracy, or the other way
+        # round for a method that selects by clean accuracy (natural training); no split: the last epoch
         score = [val["robust_acc"], val["clean_acc"]] if val["n"] else [0.0, 0.0]
+        if method_cls.selects_by == "clean":
+            score.reverse()
         improved = val["n"] == 0 or score > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"] = score, epoch + 1

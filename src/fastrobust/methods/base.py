@@ -107,6 +107,8 @@ class Method:
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     uses_alpha: ClassVar[bool] = True
+    #: which validation accuracy picks best.pt: "robust" (ties broken by clean) or "clean" (ties by robust)
+    selects_by: ClassVar[str] = "robust"
 
     def __init__(self, ctx: MethodContext, **params: Any) -> None:
         self.ctx = ctx

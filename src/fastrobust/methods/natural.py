@@ -10,6 +10,7 @@ class Natural(Method):
     name = "natural"
     description = "Standard training on clean images (no attack); the cost and robustness floor."
     uses_alpha = False
+    selects_by = "clean"    # a model never trained against attacks: keep its most accurate epoch
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         logits = model(batch.x)
