@@ -320,6 +320,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         loader.set_epoch(epoch)
         model.train()
         totals = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, correct, n, passes
+        seen_n, passes_n = 0, 0.0
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -337,11 +338,12 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
                 out_b = method.train_batch(model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), step)
-            n = len(y)
-            totals += torch.stack([out_b.loss.double() * n, (out_b.logits.argmax(1) == y).sum().double(),
-                                   torch.tensor(float(n), dtype=torch.float64, device=device),
-                                   torch.tensor(out_b.passes, dtype=torch.float64, device=device)])
-            if i % 10 == 0:
+            # per-batch bookkeeping in place on the device (no host sync): loss*n, correct; n and passes are numbers
+            totals[0].add_(out_b.loss.detach(), alpha=len(y))
+            totals[1].add_((out_b.logits.argmax(1) == y).sum())
+            seen_n += len(y)
+            passes_n += out_b.passes
+            if i % 10 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{out_b.loss.item():.3f}", lr=f"{lr:.3g}")
         method.on_epoch_end(epoch)
         _sync(device)
@@ -350,6 +352,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         # processes sharing the machine; equals wall time x threads when the threads are busy.
         # Over several processes: wall seconds of the slowest, CPU seconds summed.
         epoch_cpu_seconds = time.process_time() - cpu_start
+        totals[2], totals[3] = seen_n, passes_n
         loss_sum, correct, seen, passes = dist.all_reduce_sum(totals).tolist()
         epoch_seconds, epoch_cpu_seconds = _reduce_seconds(dist, epoch_seconds, epoch_cpu_seconds)
         epoch_passes = passes / (len(prep.train))
