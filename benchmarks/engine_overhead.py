@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -31,9 +32,9 @@ from fastrobust.engine.checkpoint import build_model, model_spec
 from fastrobust.methods import get_method
 
 
-def hand_loop(cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tuple[float, float, float]:
+def hand_loop(cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tuple[float, float, float, list[float]]:
     """Minimal PGD-AT: K signed-gradient steps from a uniform start (model in train mode, as the
-    engine's default), then one Adam step on x+delta. Returns (passes, wall s, CPU s)."""
+    engine's default), then one Adam step on x+delta. Returns (passes, wall s, CPU s, wall s per epoch)."""
     torch.manual_seed(cfg.seed)
     info = DATASETS[cfg.dataset]
     model = build_model(model_spec(cfg.model, info, {}))
@@ -41,7 +42,9 @@ def hand_loop(cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tup
     eps, alpha, steps, bs, n = cfg.eps, cfg.alpha, cfg.method_params["steps"], cfg.batch_size, len(y_all)
     model.train()
     start, cpu_start = time.perf_counter(), time.process_time()
+    epochs = []
     for _ in range(cfg.epochs):
+        epoch_start = time.perf_counter()
         order = torch.randperm(n)
         for i in range(0, n, bs):
             idx = order[i:i + bs]
@@ -60,15 +63,17 @@ def hand_loop(cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tup
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        epochs.append(time.perf_counter() - epoch_start)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return float(cfg.epochs * n * (steps + 1)), wall, cpu
+    return float(cfg.epochs * n * (steps + 1)), wall, cpu, epochs
 
 
-def engine_run(cfg: TrainConfig, root: Path, k: int) -> tuple[float, float, float]:
-    """One ``fastrobust train`` run; returns (passes per example, train wall s, train CPU s)."""
+def engine_run(cfg: TrainConfig, root: Path, k: int) -> tuple[float, float, float, list[float]]:
+    """One ``fastrobust train`` run; returns (passes per example, train wall s, train CPU s, wall s per epoch)."""
     run = dataclasses.replace(cfg, out=str(root / f"engine-{k}"), method_params=dict(cfg.method_params))
     s = train(run, progress=False, echo=lambda line: None)
-    return s["passes_per_example"], s["train_seconds"], s["train_cpu_seconds"]
+    epochs = [json.loads(line)["epoch_seconds"] for line in (Path(run.out) / "metrics.jsonl").read_text().splitlines()]
+    return s["passes_per_example"], s["train_seconds"], s["train_cpu_seconds"], epochs
 
 
 def main(argv=None) -> float:
@@ -92,15 +97,17 @@ def main(argv=None) -> float:
     print(f"engine overhead: PGD-{args.steps} AT (alpha {cfg.alpha:.4g}), mnist-cnn, mnist-subset ({n} training images, val_size 0), "
           f"batch {args.batch_size}, {args.epochs} epochs x {-(-n // args.batch_size)} batches per run, "
           f"{args.rounds} rounds, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    engine, hand = [], []
+    engine, hand, engine_epochs, hand_epochs = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.rounds):
             if k % 2 == 0:
-                per_example, wall, cpu = engine_run(cfg, Path(tmp), k)
-                passes, hwall, hcpu = hand_loop(cfg, x_all, y_all)
+                per_example, wall, cpu, e_ep = engine_run(cfg, Path(tmp), k)
+                passes, hwall, hcpu, h_ep = hand_loop(cfg, x_all, y_all)
             else:   # odd rounds: the hand loop first, so that order effects cancel
-                passes, hwall, hcpu = hand_loop(cfg, x_all, y_all)
-                per_example, wall, cpu = engine_run(cfg, Path(tmp), k)
+                passes, hwall, hcpu, h_ep = hand_loop(cfg, x_all, y_all)
+                per_example, wall, cpu, e_ep = engine_run(cfg, Path(tmp), k)
+            engine_epochs += e_ep
+            hand_epochs += h_ep
             engine.append((per_example * n / wall, per_example * n / cpu))
             hand.append((passes / hwall, passes / hcpu))
             print(f"  round {k + 1}: engine {engine[-1][0]:8.0f} passes/s ({wall:.2f} s, CPU {cpu:.2f} s) | "
@@ -112,6 +119,11 @@ def main(argv=None) -> float:
     print(f"  wall time:   {paired:.3f}")
     print(f"  CPU seconds: {paired_cpu:.3f}   (moves less than wall time when other jobs share the machine)")
     print(f"  (best round of each, wall: {best:.3f})")
+    fastest = min(hand_epochs) / min(engine_epochs)
+    print(f"  fastest epoch of each ({len(engine_epochs)} epochs each; the same work): hand loop {min(hand_epochs):.3f} s, "
+          f"engine {min(engine_epochs):.3f} s, ratio {fastest:.3f}")
+    print(f"  (epoch-to-epoch spread, wall: engine {min(engine_epochs):.3f} to {max(engine_epochs):.3f} s, "
+          f"hand loop {min(hand_epochs):.3f} to {max(hand_epochs):.3f} s)")
     print(f"target >= 0.95: {'met' if paired >= 0.95 else 'NOT met'} (wall), "
           f"{'met' if paired_cpu >= 0.95 else 'NOT met'} (CPU seconds)")
     return paired
