@@ -96,14 +96,26 @@ def test_bench_command_runs_a_user_suite(tmp_path, capsys):
     assert "Reference: pgd" in (tmp_path / "again" / "results.md").read_text()
 
 
-def test_engine_overhead_benchmark_runs(capsys):
+def _benchmark(name):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_overhead.py"
-    spec = importlib.util.spec_from_file_location("engine_overhead", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    ratio = module.main(["--steps", "1", "--epochs", "1", "--rounds", "1"])
+    return module
+
+
+def test_engine_overhead_benchmark_runs(capsys):
+    ratio = _benchmark("engine_overhead").main(["--steps", "1", "--epochs", "1", "--rounds", "1"])
     out = capsys.readouterr().out
     assert ratio > 0 and "wall time:" in out and "CPU seconds:" in out and "target >= 0.95" in out
+    assert "fastest epoch of each (1 epochs each" in out
+
+
+def test_pass_costs_benchmark_runs(capsys):
+    fractions = _benchmark("pass_costs").main(["--model", "mnist-cnn", "--width", "0", "--dataset", "mnist",
+                                               "--batch-size", "8", "--sub-batch", "4", "--repeats", "2"])
+    assert fractions["attack pass, batch 8"] == 1.0
+    assert all(v > 0 for v in fractions.values()) and "per example refreshed" in capsys.readouterr().out
