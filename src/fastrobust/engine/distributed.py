@@ -178,10 +178,13 @@ class Dist:
             raise error
         raise PeerFailed(f"process(es) {', '.join(map(str, failed))} of this job failed; the error is shown above")
 
+    def main_only(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` run on the main process only (``None`` elsewhere); an error in it raises on every process."""
+        return self.agree(fn if self.is_main else (lambda: None))
+
     def on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on the main process only, its result given to every process."""
-        result = self.agree(fn if self.is_main else (lambda: None))
-        return self.broadcast_object(result)
+        return self.broadcast_object(self.main_only(fn))
 
     def local_main_first(self, fn: Callable[[], T]) -> T:
         """``fn()`` on every process, first on each machine's local rank 0 (which may download or

@@ -219,10 +219,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     cfg.out = str(out)
     prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
-    if dist.is_main:
-        dist.agree(lambda: (out.mkdir(parents=True, exist_ok=True), save_yaml(cfg, out / "config.yaml")))
-    else:
-        dist.agree(lambda: None)
+    dist.main_only(lambda: (out.mkdir(parents=True, exist_ok=True), save_yaml(cfg, out / "config.yaml")))
     log = RunLog(out, dist.is_main, echo)
     torch.manual_seed(cfg.seed + dist.rank)
 
@@ -395,13 +392,10 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
                                               "method": method.state_dict(), "state": dict(state),
                                               "rng": _rng_state(device), **extra})
 
-        dist.agree(save if dist.is_main else (lambda: None))
+        dist.main_only(save)
 
     # final test evaluation of the best checkpoint (read by the main process, sent to the others)
-    if dist.is_main:
-        dist.agree(lambda: raw_model.load_state_dict(load_checkpoint(out / "best.pt")["model"]))
-    else:
-        dist.agree(lambda: None)
+    dist.main_only(lambda: raw_model.load_state_dict(load_checkpoint(out / "best.pt")["model"]))
     dist.broadcast_module(raw_model)
     test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
     test = evaluate_sharded(raw_model, prep.test, dist, seed=cfg.seed, tag="test", eps=cfg.eps, steps=cfg.test_steps,
