@@ -45,7 +45,7 @@ def test_mnist_suite_matches_the_reference_runs():
     assert suite.attacks == ["clean", "pgd50x10"] and suite.test_subset == 1000
     pgd = suite.run("pgd")
     assert pgd.params == {"steps": 40} and pgd.config == {"alpha": 0.01}
-    assert suite.run("mpgd").params == {"k_max": 40} and suite.run("mpgd").config == {"alpha": 0.01}
+    assert suite.run("mpgd").params == {} and suite.run("mpgd").config == {}   # the paper's K_max 7, default step
     assert suite.run("mdeat").params == {} and suite.run("free").params == {}
     cfg = suite.train_config(pgd, "x", data_dir="/data")
     assert (cfg.method, cfg.epochs, cfg.lr, cfg.optimizer, cfg.data_dir, cfg.out) == ("pgd", 10, None, None, "/data", "x")

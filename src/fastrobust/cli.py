@@ -84,6 +84,7 @@ TRAIN_OPTIONS = [
     ("--weight-decay", "weight_decay", dict(type=float, metavar="WD", help="default 5e-4 for sgd, 0 for adam")),
     ("--lr-schedule", "lr_schedule", dict(choices=["multistep", "piecewise", "cyclic", "cosine", "constant"], help="multistep (= piecewise; x lr-gamma at each milestone, default), cyclic (triangle peaking at 2/5 of training), cosine, constant; updated every minibatch")),
     ("--lr-milestones", "lr_milestones", dict(type=_milestones, metavar="E1,E2", help="multistep milestones in epochs (default 50%% and 80%% of training)")),
+    ("--lr-peak", "lr_peak", dict(type=float, metavar="F", help="cyclic: where the LR peaks, as a fraction of training (default 0.4, Wong et al.; DEAT's FAST setting 0.5)")),
     ("--lr-gamma", "lr_gamma", dict(type=float, metavar="G", help="multistep decay factor (default 0.1)")),
     ("--norm", "norm", dict(choices=["linf", "l2"], help="threat model of training and evaluation (default linf)")),
     ("--eps", "eps", dict(type=_number("eps"), metavar="E", help="radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default L-inf: MNIST 0.3, CIFAR/SVHN 8/255; L2: MNIST 2.0, others 0.5)")),

@@ -61,6 +61,7 @@ class TrainConfig:
     lr_schedule: str = "multistep"
     lr_milestones: list | None = None   # epochs; default [0.5, 0.8] * epochs
     lr_gamma: float = 0.1
+    lr_peak: float = 0.4                # cyclic: where the LR peaks, as a fraction of training (DEAT's FAST: 0.5)
     norm: str = "linf"                  # threat model of training and evaluation: linf or l2
     eps: float | None = None            # default from the dataset (L-inf: MNIST 0.3, CIFAR 8/255; L2: 2.0, 0.5)
     alpha: float | None = None          # default from the method and dataset
@@ -199,6 +200,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
     _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    _check(isinstance(cfg.lr_peak, (int, float)) and not isinstance(cfg.lr_peak, bool) and 0 < cfg.lr_peak < 1,
+           f"lr_peak must be a fraction of training strictly between 0 and 1 (e.g. 0.5), got {cfg.lr_peak!r}")
     _check(cfg.eps >= 0, f"eps must be >= 0 (an L-inf radius in [0,1] pixel units, e.g. 8/255 or 0.3), got {cfg.eps}")
     _check(cfg.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
     _check(cfg.norm != "linf" or cfg.eps <= 1, f"eps must be <= 1 for L-inf (pixels are in [0,1]), got {cfg.eps}")
