@@ -67,7 +67,7 @@ def test_cifar_suites_use_the_paper_schedule():
     (TINY.replace("reference: pgd\n", ""), ["missing 'reference'", "compared with"]),
     (TINY.replace("reference: pgd", "reference: pgd-7"), ["reference 'pgd-7'", "natural, pgd, free-2"]),
     (TINY.replace("epochs: 2,", "epochs: 2, method_params: {steps: 3},"), ["'common'", "method_params", "each run"]),
-    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, epochs: 3}"), ["run 'pgd'", "'epochs'", "common"]),
+    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, eps: 0.2}"), ["run 'pgd'", "'eps'", "common"]),
     (TINY.replace("{steps: 2}", "{stepz: 2}"), ["run 'pgd'", "stepz", "--steps"]),
     (TINY.replace("{steps: 2}", "{steps: -1}"), ["run 'pgd'", "steps", ">= 1"]),
     (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, alpha: 0.5}"), ["run 'pgd'", "alpha", "eps"]),
