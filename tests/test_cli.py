@@ -46,7 +46,7 @@ def test_flags_and_config_file(tmp_path):
     (["--method", "pgd", "--eps", "0.1", "--alpha", "0.2"], "must not exceed eps"),
     (["--epochs", "0"], "epochs must be an integer >= 1"),
     (["--model", "resnet9000"], "unknown model"),
-    (["--method", "pgd", "--replays", "3"], "not a parameter of method 'pgd'"),
+    (["--method", "pgd", "--replays", "3"], "--replays is not a parameter of method pgd (it is one of"),
 ])
 def test_bad_values_refused_cleanly(tmp_path, args, words):
     out = tmp_path / "run"

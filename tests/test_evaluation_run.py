@@ -126,7 +126,7 @@ def _bad_checkpoints(tmp_path):
     ("missing", "does not exist"),
     ("attack", "unknown attack 'pgd-20'"),
     ("eps", "did you mean 8/255"),
-    ("l2", "give eps for norm l2"),
+    ("l2", "give --eps for norm l2"),
     ("batch", "batch_size must be an integer >= 1"),
 ])
 def test_cli_eval_refuses_bad_input_clearly(run, tmp_path, capsys, case, words):

@@ -20,7 +20,7 @@ MARKER = ".fastrobust-demo"
 
 # The shared recipe (mnist-cnn on 5,500 training images of the shipped subset; 500 held out
 # for checkpoint selection): Adam, eps 0.3 ramped up over the first epochs, which keeps
-# PGD-AT out of the "stuck at chance" start that METHODS.md reports for a cold start.
+# PGD-AT out of the "stuck at chance" start that a cold start of PGD-AT on MNIST falls into.
 RECIPE = TrainConfig(
     dataset="mnist-subset", model="mnist-cnn", epochs=15, batch_size=100, optimizer="adam", lr=1e-3,
     lr_schedule="multistep", eps=0.3, eps_warmup=3, val_size=500, seed=0,

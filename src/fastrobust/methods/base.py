@@ -24,7 +24,7 @@ from torch import nn
 from ..attacks import THREAT_MODELS, ThreatModel
 from ..errors import ConfigError
 
-# Passes per example of each kind of work (METHODS.md): forward+backward = 1.
+# Passes per example of each kind of work (docs/methods.md, "Cost"): forward+backward = 1.
 FORWARD = 1.0 / 3.0
 BACKWARD = 2.0 / 3.0
 
