@@ -250,6 +250,8 @@ def test_a_folder_of_runs_named_after_the_suite_is_adopted(tmp_path):
     out = tmp_path / "runs"
     (out / "natural").mkdir(parents=True)
     (out / "natural" / "config.yaml").write_text("method: natural\n")
+    (out / "natural-s2").mkdir()                   # another seed's folder of a suite's run
+    (out / "natural-s2" / "config.yaml").write_text("method: natural\nseed: 2\n")
     _prepare_out(out, suite)                       # only run folders of the suite: accepted
     (out / "notes").mkdir()
     with pytest.raises(FastrobustError, match="holds notes"):

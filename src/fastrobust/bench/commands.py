@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 BENCH_DESCRIPTION = """\
-Train and evaluate a suite of runs side by side (same data, model, seed and epochs), then
+Train and evaluate a suite of runs side by side (same data, model, seeds and epochs), then
 write OUT/results.md (a table), OUT/results.csv and PNG plots: robust accuracy against
 training time and against passes (the cost/robustness frontier), per-epoch validation
 robust accuracy, and the r/K schedules of the dynamic methods.
