@@ -316,6 +316,8 @@ def test_seeds_on_the_command_line(capsys, tmp_path):
     lines = [l.strip() for l in text.splitlines() if l.strip().startswith("[")]
     assert lines == ["[1/4] pgd (steps 10), seed 0 (pgd): training", "[2/4] mdeat, seed 0 (mdeat): training",
                      "[3/4] pgd (steps 10), seed 1 (pgd-s1): training", "[4/4] mdeat, seed 1 (mdeat-s1): training"]
+    assert main(["bench", "mnist-quick", "--methods", "mdeat", "--seeds", "3,", "--dry-run", "--out", str(out)]) == 0
+    assert "[2/2] mdeat, seed 3 (mdeat-s3): training" in capsys.readouterr().out
 
 
 def test_a_suite_gives_its_default_seeds():
@@ -479,3 +481,16 @@ def test_frontier_draws_error_bars_for_several_seeds(seeded, tmp_path, monkeypat
     val_ax, = figures["val_robust.png"]
     assert len(val_ax.collections) == 2          # a band around each mean curve of several seeds
     assert "pgd (mean of 3 seeds)" in [t.get_text() for t in val_ax.get_legend().get_texts()]
+
+
+def test_a_bench_folder_keeps_its_order_with_the_seeds_of_each_run_together(seeded, tmp_path):
+    from fastrobust.bench import group_runs
+
+    (seeded / "bench.json").write_text(json.dumps({"suite": "x", "reference": "pgd", "runs": ["pgd", "mdeat"]}))
+    rows, _, suggested = collect([seeded])
+    assert [r.name for r in rows] == ["pgd", "pgd-s1", "pgd-s2", "mdeat", "mdeat-s1"] and suggested == "pgd"
+    assert [i.name for i in group_runs(rows)] == ["pgd", "mdeat"]
+    rows, _, _ = collect([seeded], only=["pgd-s1", "pgd-s2", "mdeat-s1"])   # the suite's seed left out
+    assert pick_reference(rows, None, "pgd").name == "pgd-s1"
+    md = write_report(rows, tmp_path / "r", pick_reference(rows, None, "pgd"))["md"].read_text()
+    assert "Reference: pgd (pgd)" in md and "| pgd  " in md and "| mdeat-s1 " in md

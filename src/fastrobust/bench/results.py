@@ -170,9 +170,10 @@ def collect(dirs: list[str | Path], only: list[str] | None = None) -> tuple[list
         if is_run_dir(d):
             run_dirs = [d]
         else:
-            order = bench.get("runs", []) if bench else []
-            found = sorted(p for p in d.iterdir() if p.is_dir() and is_run_dir(p))
-            run_dirs = [d / n for n in order if (d / n) in found] + [p for p in found if p.name not in order]
+            # the bench's order (another seed's folder next to its run's), then the others by name
+            rank = {n: i for i, n in enumerate(bench.get("runs", []) if bench else [])}
+            run_dirs = sorted((p for p in d.iterdir() if p.is_dir() and is_run_dir(p)),
+                              key=lambda p: (rank.get(p.name, rank.get(base_name(p.name), len(rank))), p.name))
             if not run_dirs:
                 raise FastrobustError(f"{d} holds no runs (no summary.json in it or its subfolders): pass a "
                                       f"`fastrobust bench` output folder or run directories of `fastrobust train`")

@@ -35,8 +35,8 @@ class Plan:
     run: RunSpec
     dir: Path
     action: str          # "done", "evaluate", "resume", "train"
-    detail: str = ""
-    seed: int = 0
+    detail: str
+    seed: int
 
 
 def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
@@ -146,13 +146,14 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     eval_n = suite.test_subset or suite.common.get("test_subset")
     plans = plan_runs(suite, runs, out, attacks, overrides, eval_n, seed_list)
     several = len(seed_list) > 1
+    shown = seed_list != [suite.base_seed]     # say which seed each run has, unless all have the suite's own
     for note in notes:
         echo(f"note: {note}")
     echo(f"suite {suite.source}: {len(plans)} runs"
          + (f" ({len(runs)} runs x {len(seed_list)} seeds: {', '.join(map(str, seed_list))})" if several else "")
          + f" -> {out}; evaluation: {', '.join(attacks)}"
          + (f" on {eval_n} test images" if eval_n else " on the test set"))
-    what = lambda p: describe(p.run) + (f", seed {p.seed} ({p.dir.name})" if several else "")
+    what = lambda p: describe(p.run) + (f", seed {p.seed} ({p.dir.name})" if shown else "")
     for i, p in enumerate(plans, 1):
         echo(f"  [{i}/{len(plans)}] {what(p)}: {p.detail}")
     if dry_run:
