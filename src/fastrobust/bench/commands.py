@@ -116,7 +116,8 @@ def bench(args) -> None:
                           "or the path of your own suite YAML file")
     try:
         run_suite(load_suite(args.suite), args.out, methods=args.methods, device=args.device, data_dir=args.data_dir,
-                  dataset=args.dataset, aa=args.aa, seeds=args.seeds, progress=False if args.no_progress else None, dry_run=args.dry_run)
+                  dataset=args.dataset, aa=args.aa, seeds=args.seeds, progress=False if args.no_progress else None,
+                  dry_run=args.dry_run)
     except KeyboardInterrupt:
         print("fastrobust bench: stopped. Run the same command again to continue: finished runs are skipped and "
               "the unfinished one resumes from its last.pt", file=sys.stderr)

@@ -198,7 +198,8 @@ def pick_reference(rows: list[Row], wanted: str | None, suggested: str | None = 
     """The reference row: ``wanted`` (a run or method name; an error if absent), else the suggested one, else a pgd run."""
     if wanted:
         hit = next((r for r in rows if r.name == wanted), None) or \
-            next((r for r in rows if base_name(r.name) == wanted), None) or next((r for r in rows if r.method == wanted), None)
+            next((r for r in rows if base_name(r.name) == wanted), None) or \
+            next((r for r in rows if r.method == wanted), None)
         if hit is None:
             raise FastrobustError(f"--reference {wanted!r} is none of the runs ({', '.join(r.name for r in rows)})")
         return hit
@@ -240,7 +241,8 @@ class SeedGroup:
         self.rows = sorted(rows, key=lambda r: r.seed)
         self.name = name
         first = self.rows[0]
-        self.run_dir, self.summary, self.evaluation, self.config = first.run_dir, first.summary, first.evaluation, first.config
+        self.run_dir, self.summary, self.evaluation = first.run_dir, first.summary, first.evaluation
+        self.config = first.config
         self.metrics, self.metrics_std = _mean_metrics(self.rows)
 
     n_seeds = property(lambda self: len(self.rows))

@@ -85,7 +85,7 @@ class Suite:
 
     @property
     def base_seed(self) -> int:
-        """The suite's own seed (``common.seed``, else TrainConfig's default): its runs keep their plain folder names."""
+        """The suite's own seed (``common.seed``, else TrainConfig's default): its runs keep their folder names."""
         return int(self.common.get("seed", TrainConfig.seed))
 
     def folder(self, run: str, seed: int) -> str:
