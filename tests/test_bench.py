@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,12 @@ def test_cifar_suites_use_the_paper_schedule():
     (TINY.replace("dataset: mnist-subset", "dataset: mnist-big"), ["unknown dataset", "mnist-big"]),
     (TINY.replace("free-2:", "free 2:"), ["run name", "free 2"]),
     (TINY.replace("eps: 0.3", "eps: 3/0"), ["eps", "8/255"]),
+    (TINY.replace("reference: pgd", "reference: pgd\nseeds: 0"), ["seeds", "not a number of seeds", "0,2,5"]),
+    (TINY.replace("reference: pgd", "reference: pgd\nseeds: [0, 1, 0]"), ["seeds", "seed 0 is given twice"]),
+    (TINY.replace("reference: pgd", "reference: pgd\nseeds: [0, -1]"), ["seeds", "-1", "integer >= 0"]),
+    (TINY.replace("eps: 0.3", "eps: 0.3, seed: one"), ["common.seed", "integer"]),
+    (TINY.replace("reference: pgd", "reference: pgd\nseeds: 2").replace("  natural:\n", "  pgd-s1: {method: natural}\n"),
+     ["run 'pgd-s1'", "folder of run 'pgd' with seed 1", "rename"]),
     ("runs: [a, b", ["not valid YAML"]),
     ("- a\n- b\n", ["must be a mapping"]),
 ])
@@ -161,7 +168,7 @@ def test_report_table_csv_and_plots(runs, tmp_path):
         assert written[key].read_bytes()[:8] == PNG
     md = written["md"].read_text()
     assert "| mdeat " in md and "free †" in md and "no eval.json" in md and "Not finished" in md
-    assert "WARNING" not in md
+    assert "WARNING" not in md and "±" not in md and "n seeds" not in md   # one seed each: no spread shown
     table = {r["run"]: r for r in csv.DictReader(written["csv"].open())}
     m = table["mdeat"]
     assert float(m["passes_vs_ref"]) == pytest.approx(0.5) and float(m["time_vs_ref"]) == pytest.approx(0.5)
@@ -243,6 +250,8 @@ def test_a_folder_of_runs_named_after_the_suite_is_adopted(tmp_path):
     out = tmp_path / "runs"
     (out / "natural").mkdir(parents=True)
     (out / "natural" / "config.yaml").write_text("method: natural\n")
+    (out / "natural-s2").mkdir()                   # another seed's folder of a suite's run
+    (out / "natural-s2" / "config.yaml").write_text("method: natural\nseed: 2\n")
     _prepare_out(out, suite)                       # only run folders of the suite: accepted
     (out / "notes").mkdir()
     with pytest.raises(FastrobustError, match="holds notes"):
@@ -265,3 +274,223 @@ def test_a_method_parameter_newer_than_a_run_counts_as_its_default():
     assert diff(requested, saved) == []
     saved["method_params"] = {**saved["method_params"], "tau": 0.5}
     assert any("method_params" in d for d in diff(requested, saved))
+
+
+# --------------------------------------------------------------------------- seeds
+@pytest.mark.parametrize("value, base, seeds", [
+    ("3", 0, [0, 1, 2]), (3, 0, [0, 1, 2]), ("0,2", 0, [0, 2]), (" 5 , 1 ", 0, [5, 1]), ("4,", 0, [4]),
+    ("2", 7, [7, 8]), ([3, 1], 0, [3, 1]), ("1", 0, [0]),
+])
+def test_seeds_are_a_count_or_a_list(value, base, seeds):
+    from fastrobust.bench import parse_seeds
+
+    assert parse_seeds(value, base) == seeds
+
+
+@pytest.mark.parametrize("value, words", [
+    ("0", ["0 is not a number of seeds", "at least 1", "S,"]), ("-2", ["at least 1"]), ("three", ["'three'"]),
+    ("1.5", ["'1.5'"]), ("1,1", ["seed 1 is given twice"]), ("0,,2", ["empty entry"]), (",", ["empty entry"]),
+    ("0,x", ["seed 'x'"]), ("0,-3", ["seed '-3'", ">= 0"]), ([], ["no seeds"]), (True, ["True"]), ([0.5], ["0.5"]),
+])
+def test_bad_seeds_are_refused_with_the_fix(value, words):
+    from fastrobust.bench import parse_seeds
+
+    with pytest.raises(ConfigError) as err:
+        parse_seeds(value, 0, "--seeds")
+    text = str(err.value)
+    assert text.startswith("--seeds: ") and "such as 3 (seeds 0, 1, 2)" in text and "0,2,5" in text
+    for w in words:
+        assert w in text
+
+
+def test_seeds_on_the_command_line(capsys, tmp_path):
+    out = tmp_path / "b"
+    assert main(["bench", "mnist-quick", "--methods", "mdeat", "--seeds", "0,0", "--dry-run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastrobust: error: --seeds: seed 0 is given twice") and "Traceback" not in err
+    assert main(["bench", "mnist-quick", "--methods", "mdeat", "--seeds", "x", "--out", str(out)]) == 2
+    assert "'x' is not a number of seeds" in capsys.readouterr().err and not out.exists()
+    assert main(["bench", "mnist-quick", "--methods", "mdeat", "--seeds", "2", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4 runs (2 runs x 2 seeds: 0, 1)" in text
+    lines = [l.strip() for l in text.splitlines() if l.strip().startswith("[")]
+    assert lines == ["[1/4] pgd (steps 10), seed 0 (pgd): training", "[2/4] mdeat, seed 0 (mdeat): training",
+                     "[3/4] pgd (steps 10), seed 1 (pgd-s1): training", "[4/4] mdeat, seed 1 (mdeat-s1): training"]
+    assert main(["bench", "mnist-quick", "--methods", "mdeat", "--seeds", "3,", "--dry-run", "--out", str(out)]) == 0
+    assert "[2/2] mdeat, seed 3 (mdeat-s3): training" in capsys.readouterr().out
+
+
+def test_a_suite_gives_its_default_seeds():
+    suite = parse_suite(TINY.replace("reference: pgd", "reference: pgd\nseeds: 3"))
+    assert suite.seeds == [0, 1, 2] and suite.resolve_seeds() == [0, 1, 2] and suite.resolve_seeds("5,") == [5]
+    assert [suite.folder("pgd", s) for s in (0, 1, 12)] == ["pgd", "pgd-s1", "pgd-s12"]
+    assert parse_suite(TINY).resolve_seeds() == [0]
+    own = parse_suite(TINY.replace("eps: 0.3", "eps: 0.3, seed: 4").replace("reference: pgd", "reference: pgd\nseeds: 2"))
+    assert own.seeds == [4, 5] and own.folder("pgd", 4) == "pgd" and own.folder("pgd", 0) == "pgd-s0"
+    assert own.owns_folder("free-2-s7") and own.owns_folder("natural") and not own.owns_folder("pgd-x1")
+    cfg = suite.train_config(suite.run("pgd"), "x", seed=2)
+    assert cfg.seed == 2 and suite.train_config(suite.run("pgd")).seed == 0
+
+
+def _seed_run(root, folder, method, seed, passes, seconds, clean, pgd, aa, steps=2):
+    _run_dir(root / folder, method, passes, seconds, clean, aa, (pgd, aa), {"K": steps + seed})
+    config = {"method": method, "dataset": "mnist-subset", "epochs": 2, "eps": 0.3, "method_params": {"steps": steps},
+              "seed": seed, "out": str(root / folder), "device": "auto"}
+    import yaml
+
+    (root / folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+# per run: seed -> (passes, seconds, clean, pgd50x10, aa)
+SEEDED = {
+    "pgd": {0: (22.0, 40.0, 0.90, 0.62, 0.60), 1: (22.0, 44.0, 0.88, 0.58, 0.56), 2: (22.0, 42.0, 0.92, 0.63, 0.61)},
+    "mdeat": {0: (11.0, 20.0, 0.91, 0.57, 0.55), 1: (12.0, 21.0, 0.93, 0.55, 0.53)},
+}
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    root = tmp_path / "seeded"
+    for run, by_seed in SEEDED.items():
+        for seed, values in by_seed.items():
+            _seed_run(root, run if seed == 0 else f"{run}-s{seed}", run, seed, *values)
+    return root
+
+
+def _mean_std(values):
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def test_seeds_of_a_run_become_one_row_with_mean_and_std(seeded, tmp_path):
+    from fastrobust.bench import SeedGroup, group_runs
+
+    rows, _, _ = collect([seeded])
+    items = group_runs(rows)
+    assert [(type(i).__name__, i.name) for i in items] == [("SeedGroup", "mdeat"), ("SeedGroup", "pgd")]
+    pgd = items[1]
+    assert isinstance(pgd, SeedGroup) and pgd.seeds == [0, 1, 2] and pgd.n_seeds == 3
+    mean, std = _mean_std([v[4] for v in SEEDED["pgd"].values()])
+    assert pgd.robust == pytest.approx(mean) and pgd.robust.std == pytest.approx(std) and pgd.robust.n == 3
+    assert pgd.metrics == [{"epoch": 1, "K": 3.0, "epoch_passes": 11.0, "val_robust_acc": pytest.approx(mean / 2)},
+                           {"epoch": 2, "K": 3.0, "epoch_passes": 11.0, "val_robust_acc": pytest.approx(mean)}]
+
+    written = write_report(rows, tmp_path / "rep", pick_reference(rows, None))
+    md = written["md"].read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| run"))
+    assert "| n seeds |" in header
+    line = next(l for l in md.splitlines() if l.startswith("| pgd "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cell = dict(zip(cols, cells))
+    assert cell["n seeds"] == "3"
+    for col, i in (("clean %", 2), ("PGD-50x10 %", 3), ("AutoAttack %", 4)):
+        m, s = _mean_std([v[i] for v in SEEDED["pgd"].values()])
+        assert cell[col] == f"{100 * m:.1f} ± {100 * s:.1f}"
+    m, s = _mean_std([v[1] for v in SEEDED["pgd"].values()])
+    assert cell["train s"] == f"{m:.1f} ± {s:.1f}" and cell["passes/ex"] == "22.0 ± 0.0"
+    assert cell["CPU s"] == f"{2 * m:.1f} ± {2 * s:.1f}"
+    md_line = dict(zip(cols, [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| mdeat "))
+                              .strip("|").split("|")]))
+    aa_m = _mean_std([v[4] for v in SEEDED["mdeat"].values()])[0]
+    assert md_line["n seeds"] == "2" and md_line["d AutoAttack (pts)"] == f"{100 * (aa_m - mean):+.1f}"
+    assert float(md_line["time / ref"]) == pytest.approx(20.5 / 42.0, abs=0.006)
+    assert "Several seeds (mdeat: seeds 0, 1; pgd: seeds 0, 1, 2)" in md
+    assert "no measurable difference" in md
+
+    table = list(csv.DictReader(written["csv"].open()))
+    assert [(r["run"], r["seed"]) for r in table] == [("mdeat", "0"), ("mdeat", "1"), ("pgd", "0"), ("pgd", "1"),
+                                                      ("pgd", "2")]
+    assert [r["run_dir"].rsplit("/", 1)[1] for r in table] == ["mdeat", "mdeat-s1", "pgd", "pgd-s1", "pgd-s2"]
+    for r in table:
+        values = SEEDED[r["run"]][int(r["seed"])]
+        assert float(r["autoattack_pct"]) == pytest.approx(100 * values[4])
+        assert float(r["train_seconds"]) == pytest.approx(values[1])
+        assert float(r["d_autoattack_pts"]) == pytest.approx(100 * (values[4] - mean))   # against the ref's mean
+    assert "n_seeds" not in table[0]
+
+
+def test_one_seed_of_a_run_and_repeated_seeds_stay_plain_rows(seeded, tmp_path):
+    from fastrobust.bench import group_runs
+
+    rows, _, _ = collect([seeded / "pgd", seeded / "mdeat-s1"])
+    assert [type(i).__name__ for i in group_runs(rows)] == ["Row", "Row"]
+    md = write_report(rows, tmp_path / "one", rows[0])["md"].read_text()
+    assert "±" not in md and "n seeds" not in md and "Several seeds" not in md
+    # the same seed twice (say, the same run on two machines) is not a spread over seeds
+    import shutil
+
+    shutil.copytree(seeded / "pgd", tmp_path / "again" / "pgd")
+    rows, _, _ = collect([seeded / "pgd", tmp_path / "again" / "pgd"])
+    assert [type(i).__name__ for i in group_runs(rows)] == ["Row", "Row"]
+    # another setting (more steps) is another row, even with another seed
+    _seed_run(tmp_path / "x", "pgd-s1", "pgd", 1, 44.0, 80.0, 0.9, 0.7, 0.68, steps=4)
+    rows, _, _ = collect([seeded / "pgd", tmp_path / "x" / "pgd-s1"])
+    assert [i.name for i in group_runs(rows)] == ["pgd", "pgd-s1"]
+
+
+def test_report_command_over_several_seeds(seeded, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    dirs = [str(seeded / n) for n in ("pgd", "pgd-s1", "pgd-s2", "mdeat", "mdeat-s1")]
+    assert main(["report", *dirs, "--out", str(out), "--reference", "pgd"]) == 0
+    text = capsys.readouterr().out
+    assert "Reference: pgd (pgd)" in text and "| n seeds |" in text and " ± " in text
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 5
+    # run folders named by the user: the seed suffix is left out of the row's name; --reference by that name
+    other = tmp_path / "mine"
+    for run, by_seed in SEEDED.items():
+        for seed, values in by_seed.items():
+            _seed_run(other, f"{run}_seed{seed}", run, seed, *values)
+    assert main(["report", str(other), "--out", str(tmp_path / "cmp2"), "--reference", "pgd"]) == 0
+    md = (tmp_path / "cmp2" / "results.md").read_text()
+    assert "Reference: pgd (pgd)" in md and "| mdeat " in md
+
+
+def test_frontier_draws_error_bars_for_several_seeds(seeded, tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    import fastrobust.reports as reports
+    from fastrobust.bench import group_runs
+
+    figures = {}
+    save = reports._save
+
+    def keep(fig, out):
+        figures[Path(out).name] = list(fig.axes)
+        return save(fig, out)
+
+    monkeypatch.setattr(reports, "_save", keep)
+    rows, _, _ = collect([seeded])
+    items = group_runs(rows)
+    _seed_run(tmp_path / "one", "free", "free", 0, 8.0, 16.0, 0.9, 0.5, 0.45)   # one seed: no error bar
+    rows += collect([tmp_path / "one" / "free"])[0]
+    written = write_report(rows, tmp_path / "rep", pick_reference(rows, None))
+    assert written["frontier"].read_bytes()[:8] == PNG
+    time_ax, passes_ax = figures["frontier.png"]
+    for ax, attr in ((time_ax, "cpu_seconds"), (passes_ax, "passes")):
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 2 and all(c.has_xerr and c.has_yerr for c in bars)   # pgd and mdeat, not free
+        for bar, group in zip(bars, items):
+            xline, yline = bar.lines[2]           # the horizontal and the vertical bar
+            (x0, y), (x1, _) = xline.get_segments()[0]
+            (_, y0), (_, y1) = yline.get_segments()[0]
+            value = getattr(group, attr)
+            assert (x1 - x0) / 2 == pytest.approx(value.std) and (x0 + x1) / 2 == pytest.approx(value)
+            assert (y1 - y0) / 2 == pytest.approx(100 * group.robust.std) and y == pytest.approx(100 * group.robust)
+    val_ax, = figures["val_robust.png"]
+    assert len(val_ax.collections) == 2          # a band around each mean curve of several seeds
+    assert "pgd (mean of 3 seeds)" in [t.get_text() for t in val_ax.get_legend().get_texts()]
+
+
+def test_a_bench_folder_keeps_its_order_with_the_seeds_of_each_run_together(seeded, tmp_path):
+    from fastrobust.bench import group_runs
+
+    (seeded / "bench.json").write_text(json.dumps({"suite": "x", "reference": "pgd", "runs": ["pgd", "mdeat"]}))
+    rows, _, suggested = collect([seeded])
+    assert [r.name for r in rows] == ["pgd", "pgd-s1", "pgd-s2", "mdeat", "mdeat-s1"] and suggested == "pgd"
+    assert [i.name for i in group_runs(rows)] == ["pgd", "mdeat"]
+    rows, _, _ = collect([seeded], only=["pgd-s1", "pgd-s2", "mdeat-s1"])   # the suite's seed left out
+    assert pick_reference(rows, None, "pgd").name == "pgd-s1"
+    md = write_report(rows, tmp_path / "r", pick_reference(rows, None, "pgd"))["md"].read_text()
+    assert "Reference: pgd (pgd)" in md and "| pgd  " in md and "| mdeat-s1 " in md

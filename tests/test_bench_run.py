@@ -119,3 +119,81 @@ def test_pass_costs_benchmark_runs(capsys):
                                                "--batch-size", "8", "--sub-batch", "4", "--repeats", "2"])
     assert fractions["attack pass, batch 8"] == 1.0
     assert all(v > 0 for v in fractions.values()) and "per example refreshed" in capsys.readouterr().out
+
+
+SEEDED = """\
+name: tiny-seeds
+description: two methods, 2 epochs on 200 images of the shipped MNIST subset
+reference: pgd
+common: {dataset: mnist-subset, epochs: 2, train_subset: 200, val_size: 100, test_subset: 100, eps: 0.3,
+         val_steps: 2, test_steps: 2}
+evaluation: {attacks: [clean, pgd3], test_subset: 60}
+runs:
+  natural:
+  pgd: {params: {steps: 2}}
+"""
+
+
+def test_bench_with_two_seeds_adopts_resumes_and_reports_mean_and_std(tmp_path, capsys):
+    import statistics
+
+    out = tmp_path / "bench"
+    suite_file = tmp_path / "seeds.yaml"
+    suite_file.write_text(SEEDED)
+    run_suite(load_suite(suite_file), out, progress=False, echo=lambda line: None)       # seed 0 only: as before
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["natural", "pgd"]
+    pgd_mtime = (out / "pgd" / "summary.json").stat().st_mtime_ns
+
+    lines = []
+
+    def stop_in_pgd_s1(line):   # "killed" during the 2nd epoch of pgd's seed 1, after its 1st checkpoint
+        lines.append(line)
+        if line.startswith("epoch 2/2") and (out / "pgd-s1" / "last.pt").is_file():
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_suite(load_suite(suite_file), out, seeds="2", progress=False, echo=stop_in_pgd_s1)
+    text = "\n".join(lines)
+    assert "natural, seed 0 (natural): finished and evaluated: skipped" in text
+    assert "pgd (steps 2), seed 0 (pgd): finished and evaluated: skipped" in text
+    assert (out / "natural-s1" / "eval.json").is_file() and not (out / "pgd-s1" / "summary.json").exists()
+
+    assert main(["bench", str(suite_file), "--out", str(out), "--seeds", "0,1", "--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "pgd (steps 2), seed 1 (pgd-s1): resuming the unfinished run" in text
+    assert (out / "pgd" / "summary.json").stat().st_mtime_ns == pgd_mtime
+    for run in ("natural", "pgd"):
+        seeds = [json.loads((out / d / "summary.json").read_text())["seed"] for d in (run, f"{run}-s1")]
+        assert seeds == [0, 1]
+    assert json.loads((out / "bench.json").read_text())["seeds"] == [0, 1]
+
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["run"], r["seed"], r["run_dir"].rsplit("/", 1)[1]) for r in table] == [
+        ("natural", "0", "natural"), ("natural", "1", "natural-s1"), ("pgd", "0", "pgd"), ("pgd", "1", "pgd-s1")]
+    for r in table:
+        ev = json.loads((tmp_path / "bench" / r["run_dir"].rsplit("/", 1)[1] / "eval.json").read_text())
+        assert ev["n"] == 60 and float(r["pgd_3_pct"]) == pytest.approx(100 * ev["attacks"]["pgd3"]["worst_case_accuracy"])
+    md = (out / "results.md").read_text()
+    assert "Command: `fastrobust bench" in md and "--seeds 0,1`" in md
+    header = next(l for l in md.splitlines() if l.startswith("| run"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    for run in ("natural", "pgd"):
+        cell = dict(zip(cols, [c.strip() for c in next(l for l in md.splitlines() if l.startswith(f"| {run} "))
+                               .strip("|").split("|")]))
+        assert cell["n seeds"] == "2"
+        for col, key in (("PGD-3 %", "pgd_3_pct"), ("train s", "train_seconds"), ("passes/ex", "passes_per_example")):
+            values = [float(r[key]) for r in table if r["run"] == run]
+            m, s = statistics.fmean(values), statistics.stdev(values)
+            shown = (f"{m:.1f} ± {s:.1f}" if col.endswith("%") or col == "passes/ex"
+                     else f"{m:.0f} ± {s:.0f}" if m >= 100 else f"{m:.1f} ± {s:.1f}")
+            assert cell[col] == shown
+    assert "Several seeds (seeds 0, 1)" in md
+
+    # everything done: the same command trains and evaluates nothing; the report of the folder is the same table
+    assert main(["bench", str(suite_file), "--out", str(out), "--seeds", "2", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished and evaluated: skipped") == 8 and "\nepoch" not in text
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    again = (tmp_path / "again" / "results.md").read_text()
+    table_of = lambda text: [l for l in text.splitlines() if l.startswith("|")]
+    assert table_of(again) == table_of(md) and len(table_of(md)) == 4

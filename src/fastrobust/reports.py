@@ -7,7 +7,9 @@ count ``r`` or step count ``K``) per epoch, when the method has one; the
 input-gradient magnitude MG per epoch with the M+ threshold, when logged.
 
 :func:`plot_frontier`, :func:`plot_val_curves` and :func:`plot_schedules` take
-the rows of :mod:`fastrobust.bench.results` (one finished run each).
+the rows of :mod:`fastrobust.bench.results` (one finished run each, or a
+``SeedGroup`` of one run's seeds: drawn at its means, with error bars of one
+standard deviation on the frontier and a band around the validation curve).
 """
 
 from __future__ import annotations
@@ -129,8 +131,14 @@ def _robust_label(rows) -> str:
     return f"robust accuracy % ({what})"
 
 
+def _spread(value) -> float:
+    """The standard deviation over seeds of a value (a ``Stat``); 0 for one run's value."""
+    return float(getattr(value, "std", 0.0))
+
+
 def plot_frontier(rows, out: str | Path, ref=None) -> Path:
-    """Robust accuracy against training time and against passes per example, one point per run."""
+    """Robust accuracy against training time and against passes per example, one point per run;
+    a run with several seeds at its means, with error bars (one standard deviation) on both axes."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     cpu = all(r.on_cpu and r.cpu_seconds is not None for r in rows)
@@ -144,17 +152,23 @@ def plot_frontier(rows, out: str | Path, ref=None) -> Path:
                 continue
             is_ref = ref is not None and r is ref
             color = "black" if is_ref else f"C{i % 10}"
+            if getattr(r, "n_seeds", 1) > 1:
+                ax.errorbar([x], [100 * y], xerr=[_spread(x)], yerr=[100 * _spread(y)], fmt="none", ecolor=color,
+                            elinewidth=1.0, capsize=3, alpha=0.8, zorder=2)
             ax.scatter([x], [100 * y], s=160 if is_ref else 55, marker="*" if is_ref else "osD^v"[i // 10 % 5],
                        facecolors="none" if r.evaluation is None else color, edgecolors=color, linewidths=1.5,
                        zorder=3)
-            ax.annotate(r.name + (" (ref)" if is_ref else ""), (x, 100 * y), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            seeds = f" (ref, {r.n_seeds} seeds)" if is_ref and getattr(r, "n_seeds", 1) > 1 else " (ref)" if is_ref \
+                else f" ({r.n_seeds} seeds)" if getattr(r, "n_seeds", 1) > 1 else ""
+            ax.annotate(r.name + seeds, (x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(_robust_label(rows))
     hollow = " Hollow: summary.json's end-of-training test numbers (no eval.json)." if any(
         r.evaluation is None for r in rows) else ""
-    fig.suptitle("cost / robustness: up and to the left is better." + hollow, fontsize=10)
+    bars = " Error bars: one standard deviation over a run's seeds." if any(
+        getattr(r, "n_seeds", 1) > 1 for r in rows) else ""
+    fig.suptitle("cost / robustness: up and to the left is better." + hollow + bars, fontsize=10)
     fig.tight_layout()
     return _save(fig, out)
 
@@ -169,7 +183,13 @@ def plot_val_curves(rows, out: str | Path) -> Path | None:
     styles = ("-", "--", ":", "-.")
     for i, r in enumerate(rows):
         xs, ys = _series(r.metrics, "val_robust_acc")
-        ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, ls=styles[(i // 10) % 4], label=r.name)
+        n = getattr(r, "n_seeds", 1)
+        line, = ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, ls=styles[(i // 10) % 4],
+                        label=r.name + (f" (mean of {n} seeds)" if n > 1 else ""))
+        if n > 1:   # a band of one standard deviation over the seeds
+            sd = dict(zip(*_series(r.metrics_std, "val_robust_acc")))
+            ax.fill_between(xs, [100 * (y - sd.get(x, 0.0)) for x, y in zip(xs, ys)],
+                            [100 * (y + sd.get(x, 0.0)) for x, y in zip(xs, ys)], color=line.get_color(), alpha=0.15)
     _integer_epochs(ax)
     ax.set_ylabel("validation robust accuracy % (PGD, CW loss)")
     ax.set_title("validation robust accuracy per epoch (checkpoint selection)", fontsize=10)
@@ -197,7 +217,9 @@ def plot_schedules(rows, out: str | Path) -> Path | None:
         ax = axes.pop(0)
         for i, (r, key) in enumerate(dynamic):
             xs, ys = _series(r.metrics, key)
-            ax.step(xs, ys, where="mid", lw=1.8, ls=("-", "--", ":")[i // 10 % 3], label=f"{r.name} ({key})")
+            n = getattr(r, "n_seeds", 1)
+            ax.step(xs, ys, where="mid", lw=1.8, ls=("-", "--", ":")[i // 10 % 3],
+                    label=f"{r.name} ({key}" + (f", mean of {n} seeds)" if n > 1 else ")"))
         ax.set_ylabel("r (replays) or K (attack steps)")
         ax.set_title("attack strength of the dynamic methods per epoch", fontsize=10)
         ax.grid(alpha=0.3)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 BENCH_DESCRIPTION = """\
-Train and evaluate a suite of runs side by side (same data, model, seed and epochs), then
+Train and evaluate a suite of runs side by side (same data, model, seeds and epochs), then
 write OUT/results.md (a table), OUT/results.csv and PNG plots: robust accuracy against
 training time and against passes (the cost/robustness frontier), per-epoch validation
 robust accuracy, and the r/K schedules of the dynamic methods.
@@ -17,6 +17,11 @@ robust accuracy, and the r/K schedules of the dynamic methods.
 The table gives per run: clean and robust accuracy under the suite's attacks (PGD-50x10,
 AutoAttack with --aa, ...), passes per example, training-loop seconds (and CPU seconds on
 the CPU), and both costs and accuracies relative to the suite's reference run (PGD-AT).
+
+With --seeds (or a suite's `seeds:`), every run is trained once per seed, in its own folder
+(OUT/RUN for the suite's own seed, OUT/RUN-sSEED for the others), and the table gives the
+mean ± standard deviation over the seeds (column `n seeds`); results.csv has one row per
+seed, and the frontier plot draws the spread as error bars.
 
 Stopped halfway, the same command continues: finished runs (summary.json and eval.json)
 are skipped and the unfinished one resumes from its last.pt.
@@ -29,9 +34,11 @@ examples:
   fastrobust bench mnist --data-dir ~/data/mnist --out bench-mnist
   fastrobust bench cifar10-small --data-dir ~/data/cifar10-jpeg --methods mdeat,free
   fastrobust bench cifar10-deat --device cuda --aa --data-dir ~/data
+  fastrobust bench mnist --data-dir ~/data/mnist --seeds 3     # seeds 0,1,2: mean ± std per run
   fastrobust bench my-suite.yaml --dry-run              # check your own suite and show the plan
 
-A suite file (YAML): name, description, reference (a run name), common (configuration keys
+A suite file (YAML): name, description, reference (a run name), seeds (optional default
+for --seeds), common (configuration keys
 shared by all runs, as in a run's config.yaml), evaluation (attacks, test_subset,
 batch_size) and runs (name -> method, params, and per-run alpha/lr/optimizer keys).
 See the shipped suites in fastrobust/bench/suites/ for examples.
@@ -41,7 +48,9 @@ REPORT_DESCRIPTION = """\
 Write the benchmark table (results.md, results.csv) and plots from existing run
 directories: a `fastrobust bench` output folder, or run directories of `fastrobust train`.
 Accuracies come from each run's eval.json (`fastrobust eval`); a run without one uses the
-end-of-training test numbers of its summary.json, marked in the table.
+end-of-training test numbers of its summary.json, marked in the table. Runs that differ only
+in their seed (config.yaml) are one row: mean ± standard deviation over the seeds, one CSV
+row per seed, error bars in the frontier plot.
 """
 
 
@@ -63,6 +72,10 @@ def add_parsers(sub) -> None:
     b.add_argument("--dataset", metavar="NAME", help="override the suite's data set (e.g. imagefolder for a "
                                                      "JPEG copy of CIFAR-10)")
     b.add_argument("--aa", action="store_true", help="add AutoAttack (standard, via pyautoattack) to the evaluation")
+    b.add_argument("--seeds", metavar="N|A,B", help="train every run once per seed: N = the suite's seed and the "
+                                                   "N-1 after it (3: seeds 0,1,2 in the shipped suites), or a "
+                                                   "list such as 0,2,5 (one seed S alone: S,); default: the "
+                                                   "suite's seeds: key, else its one seed")
     b.add_argument("--list", action="store_true", help="list the shipped suites and exit")
     b.add_argument("--dry-run", action="store_true", help="check the suite and print what would be run, then exit")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,7 +83,8 @@ def add_parsers(sub) -> None:
     r = sub.add_parser("report", help="the benchmark table and plots from existing run directories",
                        description=REPORT_DESCRIPTION, formatter_class=fmt,
                        epilog="examples:\n  fastrobust report bench-mnist\n"
-                              "  fastrobust report runs/pgd runs/mdeat runs/free --out cmp --reference pgd\n")
+                              "  fastrobust report runs/pgd runs/mdeat runs/free --out cmp --reference pgd\n"
+                              "  fastrobust report runs/pgd-seed0 runs/pgd-seed1 runs/free-seed0 runs/free-seed1\n")
     r.add_argument("dirs", nargs="+", metavar="DIR", help="a bench output folder or run directories")
     r.add_argument("--out", metavar="DIR", help="where to write (default: the bench folder when one is given, "
                                                 "else ./fastrobust-report)")
@@ -102,7 +116,8 @@ def bench(args) -> None:
                           "or the path of your own suite YAML file")
     try:
         run_suite(load_suite(args.suite), args.out, methods=args.methods, device=args.device, data_dir=args.data_dir,
-                  dataset=args.dataset, aa=args.aa, progress=False if args.no_progress else None, dry_run=args.dry_run)
+                  dataset=args.dataset, aa=args.aa, seeds=args.seeds, progress=False if args.no_progress else None,
+                  dry_run=args.dry_run)
     except KeyboardInterrupt:
         print("fastrobust bench: stopped. Run the same command again to continue: finished runs are skipped and "
               "the unfinished one resumes from its last.pt", file=sys.stderr)

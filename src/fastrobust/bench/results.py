@@ -6,6 +6,12 @@ one, else from the end-of-training test numbers in ``summary.json``, and the
 table says which. Costs (passes per example, training-loop seconds) always
 come from ``summary.json``. Every cost and accuracy is also given relative to
 a reference run (PGD-AT in the shipped suites).
+
+Runs that differ only in their seed (their ``config.yaml`` without ``seed``,
+the device and the evaluation's settings being the same) form a
+:class:`SeedGroup`: one line of the table, each accuracy and cost the mean
+(a :class:`Stat`, printed as ``mean ± std``) over the seeds; ``results.csv``
+keeps one row per seed.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from ..errors import FastrobustError
 
@@ -23,6 +33,10 @@ BENCH_FILE = "bench.json"
 SUMMARY_MARK = "†"
 # the settings of each attack named under the table (eval.json holds them all)
 SETTINGS_SHOWN = ("attack", "alpha", "random_start", "components", "queries", "version")
+# configuration keys that do not make two runs different experiments (besides the seed)
+NOT_SETTINGS = ("seed", "out", "device", "data_dir", "dist_timeout")
+# a seed in a folder's name: pgd-s1 (bench), pgd_seed1, pgd.s1 ...
+_SEED_SUFFIX = re.compile(r"[-_.](?:s|seed)\d+$")
 
 
 @dataclass
@@ -32,6 +46,13 @@ class Row:
     summary: dict
     evaluation: dict | None
     metrics: list[dict] = field(default_factory=list)
+    config: dict | None = None           # config.yaml, when the run has one
+    n_seeds = 1
+
+    @property
+    def seed(self) -> int | None:
+        seed = (self.config or {}).get("seed", self.summary.get("seed"))
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     @property
     def method(self) -> str:
@@ -122,7 +143,14 @@ def read_row(run_dir: Path, name: str | None = None) -> Row | None:
     metrics = []
     if metrics_path.is_file():
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    return Row(name or run_dir.name, run_dir, summary, _read_json(run_dir / "eval.json"), metrics)
+    config = None
+    if (run_dir / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        except yaml.YAMLError:
+            config = None
+    return Row(name or run_dir.name, run_dir, summary, _read_json(run_dir / "eval.json"), metrics,
+               config if isinstance(config, dict) else None)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -142,9 +170,10 @@ def collect(dirs: list[str | Path], only: list[str] | None = None) -> tuple[list
         if is_run_dir(d):
             run_dirs = [d]
         else:
-            order = bench.get("runs", []) if bench else []
-            found = sorted(p for p in d.iterdir() if p.is_dir() and is_run_dir(p))
-            run_dirs = [d / n for n in order if (d / n) in found] + [p for p in found if p.name not in order]
+            # the bench's order (another seed's folder next to its run's), then the others by name
+            rank = {n: i for i, n in enumerate(bench.get("runs", []) if bench else [])}
+            run_dirs = sorted((p for p in d.iterdir() if p.is_dir() and is_run_dir(p)),
+                              key=lambda p: (rank.get(p.name, rank.get(base_name(p.name), len(rank))), p.name))
             if not run_dirs:
                 raise FastrobustError(f"{d} holds no runs (no summary.json in it or its subfolders): pass a "
                                       f"`fastrobust bench` output folder or run directories of `fastrobust train`")
@@ -168,15 +197,149 @@ def collect(dirs: list[str | Path], only: list[str] | None = None) -> tuple[list
 def pick_reference(rows: list[Row], wanted: str | None, suggested: str | None = None) -> Row | None:
     """The reference row: ``wanted`` (a run or method name; an error if absent), else the suggested one, else a pgd run."""
     if wanted:
-        hit = next((r for r in rows if r.name == wanted), None) or next((r for r in rows if r.method == wanted), None)
+        hit = next((r for r in rows if r.name == wanted), None) or \
+            next((r for r in rows if base_name(r.name) == wanted), None) or \
+            next((r for r in rows if r.method == wanted), None)
         if hit is None:
             raise FastrobustError(f"--reference {wanted!r} is none of the runs ({', '.join(r.name for r in rows)})")
         return hit
     if suggested:
-        hit = next((r for r in rows if r.name == suggested), None)
+        hit = next((r for r in rows if r.name == suggested), None) or \
+            next((r for r in rows if base_name(r.name) == suggested), None)
         if hit is not None:
             return hit
     return next((r for r in rows if r.method == "pgd"), None)
+
+
+# --------------------------------------------------------------------------- several seeds of one run
+class Stat(float):
+    """A value's mean over seeds (it is that float), with the sample standard deviation ``std`` and count ``n``."""
+
+    std: float
+    n: int
+
+    def __new__(cls, values):
+        vals = [float(v) for v in values]
+        self = super().__new__(cls, math.fsum(vals) / len(vals))
+        self.std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        self.n = len(vals)
+        return self
+
+
+def stat(values) -> Stat | None:
+    """The :class:`Stat` of the values that are not None (None when none is)."""
+    vals = [v for v in values if v is not None]
+    return Stat(vals) if vals else None
+
+
+class SeedGroup:
+    """Runs that differ only in their seed, as one row of the table: every accuracy and cost is a
+    :class:`Stat` (the mean, with its spread); ``metrics`` are the per-epoch means (``metrics_std``
+    their standard deviations)."""
+
+    def __init__(self, rows: list[Row], name: str):
+        self.rows = sorted(rows, key=lambda r: r.seed)
+        self.name = name
+        first = self.rows[0]
+        self.run_dir, self.summary, self.evaluation = first.run_dir, first.summary, first.evaluation
+        self.config = first.config
+        self.metrics, self.metrics_std = _mean_metrics(self.rows)
+
+    n_seeds = property(lambda self: len(self.rows))
+    seeds = property(lambda self: [r.seed for r in self.rows])
+    method = property(lambda self: self.rows[0].method)
+    on_cpu = property(lambda self: self.rows[0].on_cpu)
+    n_test = property(lambda self: self.rows[0].n_test)
+    passes = property(lambda self: stat(r.passes for r in self.rows))
+    seconds = property(lambda self: stat(r.seconds for r in self.rows))
+    cpu_seconds = property(lambda self: stat(r.cpu_seconds for r in self.rows))
+    robust = property(lambda self: stat(r.robust for r in self.rows))
+
+    def accuracies(self) -> dict[str, Stat | None]:
+        each = [r.accuracies() for r in self.rows]
+        return {label: stat(acc.get(label) for acc in each) for label in each[0]}
+
+    def prefix(self, label: str) -> tuple[str, ...]:
+        return self.rows[0].prefix(label)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mean_metrics(rows: list[Row]) -> tuple[list[dict], list[dict]]:
+    """Per epoch, the mean and the standard deviation over the rows of every number logged in metrics.jsonl."""
+    epochs = sorted({m["epoch"] for r in rows for m in r.metrics if _number(m.get("epoch"))})
+    means, stds = [], []
+    for e in epochs:
+        records = [m for r in rows for m in r.metrics if m.get("epoch") == e]
+        keys = sorted({k for m in records for k, v in m.items() if k != "epoch" and _number(v)})
+        values = {k: stat(m[k] for m in records if _number(m.get(k))) for k in keys}
+        means.append({"epoch": e, **{k: float(v) for k, v in values.items()}})
+        stds.append({"epoch": e, **{k: v.std for k, v in values.items()}})
+    return means, stds
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {str(k): _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def settings_key(row: Row) -> str | None:
+    """What makes two runs the same experiment: config.yaml without the seed (and where it ran from), the
+    device type and the evaluation's attacks, images and eps. None for a run without config.yaml or seed."""
+    if row.config is None or row.seed is None:
+        return None
+    config = {k: v for k, v in row.config.items() if k not in NOT_SETTINGS}
+    ev = row.evaluation
+    evaluation = None if ev is None else [ev.get("n"), list(ev.get("attacks") or {}), ev.get("eps"), ev.get("norm"),
+                                          ev.get("cascade", True)]
+    device = str(row.summary.get("device", "?")).split(":")[0]
+    return json.dumps(_rounded([config, evaluation, device]), sort_keys=True, default=str)
+
+
+def base_name(name: str) -> str:
+    """A run's name without the seed its folder name ends with: ``pgd-s1`` -> ``pgd``."""
+    return _SEED_SUFFIX.sub("", name) or name
+
+
+def group_runs(rows: list[Row]) -> list[Row | SeedGroup]:
+    """The rows, with the runs that differ only in their seed merged into one :class:`SeedGroup` each
+    (at the place of the first). A run without config.yaml, one seed alone, or two runs of the same
+    setting and the same seed stay rows of their own."""
+    buckets: dict[str, list[Row]] = {}
+    order: list[list[Row]] = []
+    for r in rows:
+        key = settings_key(r)
+        if key is None:
+            order.append([r])
+        elif key in buckets:
+            buckets[key].append(r)
+        else:
+            buckets[key] = [r]
+            order.append(buckets[key])
+    parts: list[list[Row]] = []
+    for members in order:
+        seeds = [m.seed for m in members]
+        parts += [members] if len(set(seeds)) == len(seeds) else [[m] for m in members]
+    taken = {p[0].name for p in parts if len(p) == 1}
+    items: list[Row | SeedGroup] = []
+    for members in parts:
+        if len(members) == 1:
+            items.append(members[0])
+            continue
+        members = sorted(members, key=lambda r: r.seed)
+        bases = {base_name(m.run_dir.name) for m in members}
+        name = bases.pop() if len(bases) == 1 else base_name(members[0].name)
+        name = members[0].name if name in taken else name
+        taken.add(name)
+        items.append(SeedGroup(members, name))
+    return items
 
 
 # ---------------------------------------------------------------------------
@@ -198,15 +361,21 @@ def _fmt(v, spec: str, signed: bool = False) -> str:
     return format(v, ("+" if signed else "") + spec)
 
 
-def table_data(rows: list[Row], ref: Row | None) -> tuple[list[str], list[list]]:
-    """The table's header and rows of raw values (None = not available), shared by Markdown and CSV."""
+def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tuple[list[str], list[list]]:
+    """The table's header and rows of raw values (None = not available), shared by Markdown and CSV.
+
+    A :class:`SeedGroup`'s accuracies and costs are :class:`Stat` (means, with their spread), and the
+    column ``n seeds`` appears; ratios and differences from the reference compare means.
+    """
     labels: list[str] = []
     for r in rows:
         labels += [k for k in r.accuracies() if k not in labels]
     any_cpu = any(r.on_cpu for r in rows)
     ref_acc = ref.accuracies() if ref else {}
     sizes = {r.n_test for r in rows}
-    head = ["run", "method", "epochs", *(["test n"] if len(sizes) > 1 else []), *(f"{l} %" for l in labels),
+    seeds = any(r.n_seeds > 1 for r in rows)
+    head = ["run", "method", "epochs", *(["n seeds"] if seeds else []), *(["test n"] if len(sizes) > 1 else []),
+            *(f"{l} %" for l in labels),
             "passes/ex", "train s"]
     head += ["CPU s"] if any_cpu else []
     head += ["passes / ref", "time / ref"] + (["CPU time / ref"] if any_cpu else [])
@@ -216,7 +385,8 @@ def table_data(rows: list[Row], ref: Row | None) -> tuple[list[str], list[list]]
     for r in rows:
         acc = r.accuracies()
         name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}")
-        vals = [name, r.method, r.summary.get("epochs"), *([r.n_test] if len(sizes) > 1 else []),
+        vals = [name, r.method, r.summary.get("epochs"), *([r.n_seeds] if seeds else []),
+                *([r.n_test] if len(sizes) > 1 else []),
                 *(acc.get(l) for l in labels), r.passes, r.seconds]
         vals += [r.cpu_seconds if r.on_cpu else None] if any_cpu else []
         vals += [_ratio(r.passes, ref and ref.passes), _ratio(r.seconds, ref and ref.seconds)]
@@ -235,6 +405,13 @@ def _cell(column: str, value) -> str:
         return "-"
     if isinstance(value, str):
         return value
+    if isinstance(value, Stat) and value.n > 1:
+        return f"{_number_cell(column, float(value), value)} ± {_number_cell(column, value.std, value)}"
+    return _number_cell(column, value, value)
+
+
+def _number_cell(column: str, value, size) -> str:
+    """``value`` as the column shows it, with the precision of a number of ``size``."""
     if column.endswith(" %"):
         return _pct(value)
     if column.startswith("d "):
@@ -242,7 +419,7 @@ def _cell(column: str, value) -> str:
     if "/ ref" in column:
         return _fmt(value, ".2f")
     if column in ("train s", "CPU s"):
-        return _fmt(value, ".0f" if value >= 100 else ".1f")
+        return _fmt(value, ".0f" if size >= 100 else ".1f")
     if column == "passes/ex":
         return _fmt(value, ".1f")
     return str(value)
@@ -255,14 +432,28 @@ def markdown_table(head: list[str], data: list[list]) -> str:
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
-def notes(rows: list[Row], ref: Row | None, unfinished: list[str]) -> list[str]:
-    """The lines under the table: what the numbers are, where they come from, warnings."""
+def notes(rows: list[Row], ref: Row | SeedGroup | None, unfinished: list[str],
+          items: list[Row | SeedGroup] | None = None) -> list[str]:
+    """The lines under the table: what the numbers are, where they come from, warnings.
+
+    ``rows`` are the runs (one per seed), ``items`` the table's lines (their seeds grouped).
+    """
     out = []
     if ref is not None:
         out.append(f"Reference: {ref.name} ({ref.method}). `/ ref` = this run's cost divided by the reference's; "
                    f"`d X (pts)` = accuracy minus the reference's, in percentage points.")
     else:
         out.append("No reference run among these (pass --reference NAME): no ratios or differences.")
+    groups = [g for g in items or [] if isinstance(g, SeedGroup)]
+    if groups:
+        seed_sets = {tuple(g.seeds) for g in groups}
+        which = ("seeds " + ", ".join(map(str, seed_sets.pop()))) if len(seed_sets) == 1 else "; ".join(
+            f"{g.name}: seeds {', '.join(map(str, g.seeds))}" for g in groups)
+        out.append(f"Several seeds ({which}): a row with `n seeds` above 1 stands for that many runs that differ "
+                   f"only in their seed; each accuracy and cost is their mean ± sample standard deviation, and "
+                   f"`/ ref` and `d` compare the means. A difference smaller than the spread of the two rows is no "
+                   f"measurable difference. results.csv has one row per seed (column `seed`; its `/ ref` and `d` "
+                   f"are against the reference's mean); the frontier plot's error bars are one standard deviation.")
     devices = sorted({str(r.summary.get("device", "?")) for r in rows})
     threads = sorted({str(r.summary.get("torch_threads")) for r in rows if r.summary.get("torch_threads")})
     cpu = " `CPU s` = CPU seconds of the training process (all threads), less moved by other load on the machine." \
@@ -309,8 +500,11 @@ def notes(rows: list[Row], ref: Row | None, unfinished: list[str]) -> list[str]:
     return out
 
 
-def csv_text(head: list[str], data: list[list], rows: list[Row]) -> str:
-    """The table as CSV, with full-precision numbers (accuracies in percent) and where each row came from."""
+def csv_text(head: list[str], data: list[list], rows: list[Row], names: list[str] | None = None) -> str:
+    """The table as CSV, with full-precision numbers (accuracies in percent) and where each row came from.
+
+    ``names`` replace the rows' own in the ``run`` column (the name of the group a seed's row belongs to).
+    """
     fixed = {"passes/ex": "passes_per_example", "train s": "train_seconds", "CPU s": "train_cpu_seconds"}
 
     def key(h: str) -> str:
@@ -318,19 +512,25 @@ def csv_text(head: list[str], data: list[list], rows: list[Row]) -> str:
         return re.sub(r"[^a-z0-9]+", "_", h.lower()).strip("_")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([key(h) for h in head] + ["accuracy_source", "test_images", "device", "torch_threads", "run_dir"])
-    for row, r in zip(data, rows):
-        vals = [r.name if i == 0 else (100 * v if h.endswith(" %") and v is not None else v)
-                for i, (h, v) in enumerate(zip(head, row))]
-        w.writerow(["" if v is None else v for v in vals] + [
+    w.writerow([key(h) for h in head] + ["accuracy_source", "test_images", "device", "torch_threads", "seed",
+                                         "run_dir"])
+    for i, (row, r) in enumerate(zip(data, rows)):
+        vals = [(names[i] if names else r.name) if j == 0 else (100 * v if h.endswith(" %") and v is not None else v)
+                for j, (h, v) in enumerate(zip(head, row))]
+        w.writerow(["" if v is None else float(v) if isinstance(v, Stat) else v for v in vals] + [
             "eval.json" if r.evaluation is not None else "summary.json", r.n_test,
-            r.summary.get("device"), r.summary.get("torch_threads"), str(r.run_dir)])
+            r.summary.get("device"), r.summary.get("torch_threads"), r.seed, str(r.run_dir)])
     return buf.getvalue()
 
 
 def write_report(rows: list[Row], out: str | Path, ref: Row | None, unfinished: list[str] = (), *,
                  title: str = "fastrobust benchmark", intro: str = "") -> dict[str, Path]:
-    """Write results.md, results.csv and the plots into ``out``; returns the paths written."""
+    """Write results.md, results.csv and the plots into ``out``; returns the paths written.
+
+    ``rows`` are single runs; those that differ only in their seed become one line of the table and
+    the plots (mean ± standard deviation), and keep one row each in results.csv. ``ref`` may be a
+    row of such a group: the group is the reference.
+    """
     from ..engine.checkpoint import atomic_write_text
     from ..reports import plot_frontier, plot_schedules, plot_val_curves
 
@@ -338,18 +538,24 @@ def write_report(rows: list[Row], out: str | Path, ref: Row | None, unfinished: 
         raise FastrobustError("no finished runs to report (none has a summary.json yet)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    head, data = table_data(rows, ref)
+    items = group_runs(rows)
+    if ref is not None:
+        ref = next((it for it in items if it is ref or any(m is ref for m in getattr(it, "rows", ()))), ref)
+    head, data = table_data(items, ref)
+    flat = [m for it in items for m in (it.rows if isinstance(it, SeedGroup) else [it])]
+    names = [it.name for it in items for _ in (it.rows if isinstance(it, SeedGroup) else [it])]
+    csv_head, csv_data = table_data(flat, ref)
     written = {"csv": out / "results.csv", "md": out / "results.md"}
-    plots = {"frontier": plot_frontier(rows, out / "frontier.png", ref),
-             "val_robust": plot_val_curves(rows, out / "val_robust.png"),
-             "schedules": plot_schedules(rows, out / "schedules.png")}
+    plots = {"frontier": plot_frontier(items, out / "frontier.png", ref),
+             "val_robust": plot_val_curves(items, out / "val_robust.png"),
+             "schedules": plot_schedules(items, out / "schedules.png")}
     written.update({k: v for k, v in plots.items() if v is not None})
     md = [f"# {title}", ""] + ([intro, ""] if intro else [])
     md += [markdown_table(head, data), ""]
-    for line in notes(rows, ref, list(unfinished)):   # paragraphs; consecutive "- " lines stay one list
+    for line in notes(flat, ref, list(unfinished), items):   # paragraphs; consecutive "- " lines stay one list
         md += [line] if line.startswith("- ") and md[-1].startswith("- ") else ["", line] if md[-1] else [line]
     md.append("")
     md += [f"![{k}]({p.name})" for k, p in plots.items() if p is not None]
-    atomic_write_text(written["csv"], csv_text(head, data, rows))
+    atomic_write_text(written["csv"], csv_text(csv_head, csv_data, flat, names))
     atomic_write_text(written["md"], "\n".join(md) + "\n")
     return written

@@ -1,6 +1,9 @@
 """``fastrobust bench``: train and evaluate every run of a suite, then write the comparison.
 
-Each run lives in ``OUT/<run name>/`` (a normal run directory). Rerunning the
+Each run lives in ``OUT/<run name>/`` (a normal run directory); with several
+seeds (``--seeds`` or the suite's ``seeds:``), a seed other than the suite's
+own trains in ``OUT/<run name>-s<seed>/``, all runs of one seed before the
+next seed's. Rerunning the
 same command continues where it stopped: a run with ``summary.json`` and an
 ``eval.json`` covering the suite's attacks is skipped; a run with
 ``summary.json`` only is evaluated; a run with ``last.pt`` is resumed exactly
@@ -21,7 +24,7 @@ from typing import Callable
 from ..config import load_yaml
 from ..errors import ConfigError, FastrobustError
 from .results import BENCH_FILE, collect, pick_reference, write_report
-from .suite import RunSpec, Suite, check_attacks, check_runs, config_differences
+from .suite import RunSpec, Suite, check_attacks, check_folders, check_runs, config_differences
 
 # files of a run that never got to its first checkpoint: removed before starting it again
 _STALE = ("config.yaml", "metrics.jsonl", "train.log", "best.pt", "curves.png", "eval.json")
@@ -32,7 +35,8 @@ class Plan:
     run: RunSpec
     dir: Path
     action: str          # "done", "evaluate", "resume", "train"
-    detail: str = ""
+    detail: str
+    seed: int
 
 
 def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
@@ -48,28 +52,30 @@ def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
 
 
 def plan_runs(suite: Suite, runs: list[RunSpec], out: Path, attacks: list[str], overrides: dict,
-              eval_n: int | None) -> list[Plan]:
-    plans = []
-    for run in runs:
-        d = out / run.name
-        cfg = suite.train_config(run, d, **overrides)
-        if (d / "config.yaml").is_file() and ((d / "last.pt").is_file() or (d / "summary.json").is_file()):
-            diffs = config_differences(cfg, load_yaml(d / "config.yaml"))
-            if diffs:
-                raise ConfigError(f"{d} was trained with other settings than suite {suite.name!r} now asks for ("
-                                  + "; ".join(diffs[:4]) + "). Use another --out, or delete that folder to train it again")
-        if (d / "summary.json").is_file():
-            if _eval_covers(d / "eval.json", attacks, eval_n):
-                plans.append(Plan(run, d, "done", "finished and evaluated: skipped"))
-            else:
-                plans.append(Plan(run, d, "evaluate", "trained; evaluating"))
-        elif (d / "last.pt").is_file():
-            epochs = sum(1 for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()) \
-                if (d / "metrics.jsonl").is_file() else "?"
-            plans.append(Plan(run, d, "resume", f"resuming the unfinished run (epoch {epochs} of {cfg.epochs} logged)"))
-        else:
-            plans.append(Plan(run, d, "train", "training"))
-    return plans
+              eval_n: int | None, seeds: list[int] | None = None) -> list[Plan]:
+    """What to do for each run and seed (all runs of a seed, then the next seed's)."""
+    seeds = seeds or [suite.base_seed]
+    return [_plan(suite, run, seed, out, attacks, overrides, eval_n) for seed in seeds for run in runs]
+
+
+def _plan(suite: Suite, run: RunSpec, seed: int, out: Path, attacks: list[str], overrides: dict,
+          eval_n: int | None) -> Plan:
+    d = out / suite.folder(run.name, seed)
+    cfg = suite.train_config(run, d, seed=seed, **overrides)
+    if (d / "config.yaml").is_file() and ((d / "last.pt").is_file() or (d / "summary.json").is_file()):
+        diffs = config_differences(cfg, load_yaml(d / "config.yaml"))
+        if diffs:
+            raise ConfigError(f"{d} was trained with other settings than suite {suite.name!r} now asks for ("
+                              + "; ".join(diffs[:4]) + "). Use another --out, or delete that folder to train it again")
+    if (d / "summary.json").is_file():
+        if _eval_covers(d / "eval.json", attacks, eval_n):
+            return Plan(run, d, "done", "finished and evaluated: skipped", seed)
+        return Plan(run, d, "evaluate", "trained; evaluating", seed)
+    if (d / "last.pt").is_file():
+        epochs = sum(1 for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()) \
+            if (d / "metrics.jsonl").is_file() else "?"
+        return Plan(run, d, "resume", f"resuming the unfinished run (epoch {epochs} of {cfg.epochs} logged)", seed)
+    return Plan(run, d, "train", "training", seed)
 
 
 def describe(run: RunSpec) -> str:
@@ -93,14 +99,13 @@ def _prepare_out(out: Path, suite: Suite) -> None:
     elif out.exists():
         # a folder of runs trained with `fastrobust train` under the suite's run names is adopted:
         # plan_runs has already checked each one's config.yaml against the suite
-        names = {r.name for r in suite.runs}
         foreign = sorted(p.name for p in out.iterdir()
-                         if not (p.is_dir() and p.name in names and (p / "config.yaml").is_file()))
+                         if not (p.is_dir() and suite.owns_folder(p.name) and (p / "config.yaml").is_file()))
         if foreign:
             raise FastrobustError(
                 f"{out} exists and is not a `fastrobust bench` output folder (no {BENCH_FILE}; it holds "
                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}). Pass --out with a new or empty folder, "
-                f"or one holding only run folders named after the suite's runs")
+                f"or one holding only run folders named after the suite's runs (RUN, or RUN-sSEED for another seed)")
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -118,12 +123,14 @@ def _check_autoattack(attacks: list[str]) -> None:
 
 def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | list[str] | None = None,
               device: str | None = None, data_dir: str | None = None, dataset: str | None = None,
-              aa: bool = False, progress: bool | None = None, dry_run: bool = False,
-              echo: Callable[[str], None] = print) -> dict[str, Path]:
+              aa: bool = False, seeds: str | int | list[int] | None = None, progress: bool | None = None,
+              dry_run: bool = False, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Train, evaluate and compare the suite's runs (or those named in ``methods``, plus the reference).
 
     ``device``, ``data_dir`` and ``dataset`` override the suite's common settings; ``aa`` adds
-    AutoAttack to its evaluation. Returns the paths written (results.md, results.csv, plots);
+    AutoAttack to its evaluation. ``seeds`` (``3``, ``"0,2"`` or a list; default the suite's
+    ``seeds:``, else its one seed) trains every run once per seed, and the table gives the mean
+    and standard deviation over them. Returns the paths written (results.md, results.csv, plots);
     with ``dry_run``, prints what would be done and returns an empty dict.
     """
     from ..engine import train
@@ -131,17 +138,24 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     out = Path(out) if out else Path(f"bench-{suite.name}")
     overrides = {"device": device, "data_dir": data_dir, "dataset": dataset}
     runs, notes = suite.select(methods)
+    seed_list = suite.resolve_seeds(seeds)
+    check_folders(suite, seed_list)
     check_runs(suite, **overrides)
     attacks = check_attacks(suite.attacks + (["aa"] if aa and "aa" not in suite.attacks else []))
     _check_autoattack(attacks)
     eval_n = suite.test_subset or suite.common.get("test_subset")
-    plans = plan_runs(suite, runs, out, attacks, overrides, eval_n)
+    plans = plan_runs(suite, runs, out, attacks, overrides, eval_n, seed_list)
+    several = len(seed_list) > 1
+    shown = seed_list != [suite.base_seed]     # say which seed each run has, unless all have the suite's own
     for note in notes:
         echo(f"note: {note}")
-    echo(f"suite {suite.source}: {len(plans)} runs -> {out}; evaluation: {', '.join(attacks)}"
+    echo(f"suite {suite.source}: {len(plans)} runs"
+         + (f" ({len(runs)} runs x {len(seed_list)} seeds: {', '.join(map(str, seed_list))})" if several else "")
+         + f" -> {out}; evaluation: {', '.join(attacks)}"
          + (f" on {eval_n} test images" if eval_n else " on the test set"))
+    what = lambda p: describe(p.run) + (f", seed {p.seed} ({p.dir.name})" if shown else "")
     for i, p in enumerate(plans, 1):
-        echo(f"  [{i}/{len(plans)}] {describe(p.run)}: {p.detail}")
+        echo(f"  [{i}/{len(plans)}] {what(p)}: {p.detail}")
     if dry_run:
         return {}
 
@@ -151,30 +165,33 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     atomic_write_text(out / "suite.yaml", suite.text)
     atomic_write_text(out / BENCH_FILE, json.dumps({
         "suite": suite.name, "source": suite.source, "reference": suite.reference,
-        "runs": [r.name for r in suite.runs], "attacks": attacks,
+        "runs": [r.name for r in suite.runs], "seeds": seed_list, "attacks": attacks,
         "overrides": {k: v for k, v in overrides.items() if v is not None}}, indent=2) + "\n")
     for i, p in enumerate(plans, 1):
-        echo(f"\n[{i}/{len(plans)}] {describe(p.run)}: {p.detail}")
+        echo(f"\n[{i}/{len(plans)}] {what(p)}: {p.detail}")
         if p.action == "done":
             continue
         if p.action in ("train", "resume"):
             if p.action == "train":
                 for name in _STALE:
                     (p.dir / name).unlink(missing_ok=True)
-            train(suite.train_config(p.run, p.dir, **overrides), resume=p.action == "resume",
+            train(suite.train_config(p.run, p.dir, seed=p.seed, **overrides), resume=p.action == "resume",
                   progress=progress, echo=echo)
         evaluate_run(p.dir, attacks, test_subset=eval_n, batch_size=suite.eval_batch_size,
                      device=device or suite.common.get("device"),
                      data_dir=data_dir, progress=progress, echo=echo)
 
-    # the table: every finished run of the suite in this folder (also those of earlier --methods)
-    rows, unfinished, _ = collect([out], only=[r.name for r in suite.runs])
+    # the table: every finished run of the suite in this folder (also those of earlier --methods or --seeds);
+    # the seeds of a run are grouped by write_report
+    rows, unfinished, _ = collect([out], only=sorted(p.name for p in out.iterdir() if suite.owns_folder(p.name)))
     ref = pick_reference(rows, None, suite.reference)
     intro = (f"Suite `{suite.name}` ({suite.source}): {suite.description}".rstrip(": ") + "\n\n"
              f"Command: `fastrobust bench {suite.name if suite.source.endswith('(shipped)') else suite.source}"
              f" --out {out}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items() if v is not None)
              + (f" --methods {methods if isinstance(methods, str) else ','.join(methods)}" if methods else "")
-             + (" --aa" if aa else "") + "`")
+             + (" --aa" if aa else "")
+             + (f" --seeds {seeds if isinstance(seeds, (str, int)) else ','.join(map(str, seeds))}"
+                if seeds is not None else "") + "`")
     written = write_report(rows, out, ref, unfinished, title=f"fastrobust bench: {suite.name}", intro=intro)
     echo("\n" + (out / "results.md").read_text())
     echo("wrote " + ", ".join(str(p) for p in written.values()))

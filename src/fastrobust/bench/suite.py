@@ -5,6 +5,7 @@ A suite looks like this (the shipped ones are in ``bench/suites/``)::
     name: mnist-quick
     description: one line shown by `fastrobust bench --list`
     reference: pgd              # the run that costs and accuracies are compared with
+    seeds: 3                    # optional: train every run with 3 seeds (default: the one in common)
     common:                     # TrainConfig keys shared by every run (data, model, seed, epochs, eps, ...)
       dataset: mnist-subset
       epochs: 5
@@ -19,6 +20,12 @@ A suite looks like this (the shipped ones are in ``bench/suites/``)::
 Everything is checked when the suite is loaded, before any training: keys,
 method names and parameters, and (for the named data sets) the resolved
 configuration of every run.
+
+Seeds: a run trained with the suite's own seed (``common.seed``, default 0)
+lives in ``OUT/<run>/``; with another seed S in ``OUT/<run>-sS/``
+(:meth:`Suite.folder`). ``seeds: N`` (or ``--seeds N``) means the suite's seed
+and the N-1 after it (0, 1, 2 for ``3`` in the shipped suites); ``seeds: [0, 2]``
+or ``--seeds 0,2`` names them.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import yaml
 from ..config import TrainConfig, parse_number, resolve, validate
 from ..errors import ConfigError
 
-TOP_KEYS = ("name", "description", "reference", "common", "evaluation", "runs")
+TOP_KEYS = ("name", "description", "reference", "seeds", "common", "evaluation", "runs")
 EVAL_KEYS = ("attacks", "test_subset", "batch_size")
 # per-run keys: how a method is optimised may differ between runs; everything else is shared
 RUN_CONFIG_KEYS = ("alpha", "epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
@@ -46,6 +53,7 @@ COMMON_KEYS = tuple(k for k in TrainConfig.keys() if k not in ("method", "method
 NUMBER_KEYS = ("eps", "alpha", "lr")
 DEFAULT_ATTACKS = ("clean", "pgd20")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+SEED_FOLDER = re.compile(r"(?P<run>.+)-s(?P<seed>\d+)")   # OUT/<run>-s<seed>: a run trained with another seed
 
 
 @dataclass
@@ -70,9 +78,30 @@ class Suite:
     test_subset: int | None = None      # evaluation subset (default: the runs' test_subset)
     eval_batch_size: int = 500
     text: str = ""                      # the YAML as written, comments included
+    seeds: list[int] | None = None      # the suite's `seeds:` (default: [base_seed])
 
     def run(self, name: str) -> RunSpec:
         return next(r for r in self.runs if r.name == name)
+
+    @property
+    def base_seed(self) -> int:
+        """The suite's own seed (``common.seed``, else TrainConfig's default): its runs keep their folder names."""
+        return int(self.common.get("seed", TrainConfig.seed))
+
+    def folder(self, run: str, seed: int) -> str:
+        """The folder name of ``run`` trained with ``seed``: ``run`` for the suite's own seed, else ``run-sSEED``."""
+        return run if seed == self.base_seed else f"{run}-s{seed}"
+
+    def owns_folder(self, name: str) -> bool:
+        """Whether ``name`` is the folder of one of the suite's runs (with any seed)."""
+        m = SEED_FOLDER.fullmatch(name)
+        return any(name == r.name or (m is not None and m["run"] == r.name) for r in self.runs)
+
+    def resolve_seeds(self, seeds: Any = None) -> list[int]:
+        """The seeds to train: ``seeds`` (``--seeds``) when given, else the suite's ``seeds:``, else its own seed."""
+        if seeds is not None:
+            return parse_seeds(seeds, self.base_seed)
+        return list(self.seeds) if self.seeds else [self.base_seed]
 
     def train_config(self, run: RunSpec, out: str | Path | None = None, **overrides: Any) -> TrainConfig:
         """The run's configuration: common keys, then the run's own, then ``overrides`` that are not None."""
@@ -149,6 +178,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
                 "runs": " (a mapping of run names to methods and parameters)",
                 "name": " (the suite's name)"}[key])
     common = _common(data.get("common") or {}, where)
+    seeds = None if data.get("seeds") is None else parse_seeds(
+        data["seeds"], int(common.get("seed", TrainConfig.seed)), f"{where}: seeds")
     attacks, test_subset, eval_batch = _evaluation(data.get("evaluation") or {}, where)
     runs_data = _mapping(data["runs"], where, "'runs'")
     runs = [_run(str(name), spec, where) for name, spec in runs_data.items()]
@@ -157,7 +188,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         raise ConfigError(f"{where}: reference {reference!r} is not one of its runs ({', '.join(runs_data)})")
     suite = Suite(name=str(data["name"]), description=str(data.get("description") or ""), source=source,
                   reference=reference, common=common, attacks=attacks, runs=runs, test_subset=test_subset,
-                  eval_batch_size=eval_batch, text=text)
+                  eval_batch_size=eval_batch, text=text, seeds=seeds)
+    check_folders(suite, suite.resolve_seeds())
     check_runs(suite)
     return suite
 
@@ -182,6 +214,62 @@ def check_runs(suite: Suite, **overrides: Any) -> None:
             method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
         except ConfigError as exc:
             raise ConfigError(f"suite {suite.source}, run {run.name!r}: {exc}") from None
+
+
+def check_folders(suite: Suite, seeds: list[int]) -> None:
+    """Refuse a run whose name is another run's folder for one of ``seeds`` (``pgd-s1`` next to ``pgd``)."""
+    names = {r.name for r in suite.runs}
+    for run in suite.runs:
+        for seed in seeds:
+            folder = suite.folder(run.name, seed)
+            if folder != run.name and folder in names:
+                raise ConfigError(f"suite {suite.source}: run {folder!r} has the name of the folder of run "
+                                  f"{run.name!r} with seed {seed}; rename it (a name not ending in -s<number>)")
+
+
+def parse_seeds(value: Any, base: int = 0, where: str = "--seeds") -> list[int]:
+    """Seeds from ``N`` (the N seeds ``base``, ``base``+1, ...), ``"0,2,5"`` or a list of integers.
+
+    A single seed other than the first N is written with a comma: ``"4,"``.
+    """
+    fix = (f"give a number of seeds such as 3 (seeds {', '.join(str(base + i) for i in range(3))}) or a list of "
+           f"different seeds >= 0 such as 0,2,5")
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a number of seeds; {fix}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{where}: {value} is not a number of seeds (at least 1; a single seed S is "
+                              f"written with a comma, S,); {fix}")
+        return list(range(base, base + value))
+    if isinstance(value, str):
+        text = value.strip()
+        if "," not in text:
+            try:
+                return parse_seeds(int(text), base, where)
+            except ValueError:
+                raise ConfigError(f"{where}: {value!r} is not a number of seeds; {fix}") from None
+        parts = [p.strip() for p in text.split(",")]
+        if any(p == "" for p in parts[:-1]) or all(p == "" for p in parts):
+            raise ConfigError(f"{where}: {value!r} has an empty entry; {fix}")
+        items: list[Any] = [p for p in parts if p != ""]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"{where}: {value!r} is not a number of seeds or a list of seeds; {fix}")
+    seeds = []
+    for item in items:
+        try:
+            seed = int(item) if not isinstance(item, (bool, float)) else None
+        except (TypeError, ValueError):
+            seed = None
+        if seed is None or seed < 0:
+            raise ConfigError(f"{where}: seed {item!r} is not an integer >= 0; {fix}")
+        if seed in seeds:
+            raise ConfigError(f"{where}: seed {seed} is given twice; {fix}")
+        seeds.append(seed)
+    if not seeds:
+        raise ConfigError(f"{where}: no seeds given; {fix}")
+    return seeds
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +298,8 @@ def _common(common: Any, where: str) -> dict:
     _known_keys(common, COMMON_KEYS, where, "key in 'common'",
                 " (method and method parameters belong to each run under 'runs')")
     out = _numbers(common, f"{where}, common")
+    if "seed" in out and (isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0):
+        raise ConfigError(f"{where}: common.seed must be an integer >= 0, got {out['seed']!r}")
     if "model_options" in out:
         out["model_options"] = dict(_mapping(out["model_options"], where, "common.model_options"))
     return out
