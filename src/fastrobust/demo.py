@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import FastrobustError
 
-DEFAULT_METHODS = ("natural", "fgsm-rs", "pgd")
+DEFAULT_METHODS = ("natural", "pgd", "gaat", "mdeat", "deat-p")
 MARKER = ".fastrobust-demo"
 
 # The shared recipe (mnist-cnn on 5,500 training images of the shipped subset; 500 held out
