@@ -66,7 +66,13 @@ def _model_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--model-opt: expected KEY=VALUE (e.g. width=16), got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise argparse.ArgumentTypeError(
+            f"--model-opt {text!r}: the value is not valid YAML ({why}); write a number, a name or a list, "
+            f"e.g. width=16 or 'widths=[16, 32]'") from None
 
 
 # (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
@@ -243,6 +249,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def given_keys(args: argparse.Namespace) -> set[str]:
+    """The configuration keys given explicitly (flags and --config file), which --resume compares
+    with the run's saved configuration even where they equal the defaults."""
+    given = vars(args)
+    keys = {k[5:] for k in given if k.startswith("cfg__")}
+    if "config" in given:
+        keys |= {str(k).replace("-", "_") for k in load_yaml(given["config"])}
+    if any(k.startswith("mp__") for k in given):
+        keys.add("method_params")
+    return keys
+
+
 def cmd_methods() -> None:
     from .methods import list_methods
 
@@ -278,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .engine import train
 
-            train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None)
+            train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None,
+                  given=given_keys(args))
         elif args.command == "demo":
             from .demo import run_demo
 
