@@ -128,8 +128,15 @@ def _add_method_params(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--" + name.replace("_", "-"), nargs="?", const="true", **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line for a bad flag (the usage of `train` is long): the problem and where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastrobust", description=DESCRIPTION,
+    parser = _Parser(prog="fastrobust", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastrobust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -221,10 +228,11 @@ def _add_eval_parser(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import warnings
 
-    from .evaluation import GradientMaskingWarning, evaluate_checkpoint, format_report, output_path
+    from .evaluation import BrokenModelWarning, GradientMaskingWarning, evaluate_checkpoint, format_report, output_path
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)   # printed below with the table
+        warnings.simplefilter("ignore", BrokenModelWarning)
         result = evaluate_checkpoint(args.path, attacks=args.attacks, eps=args.eps, norm=args.norm,
                                      test_subset=args.test_subset, batch_size=args.batch_size,
                                      device=None if args.device == "auto" else args.device, data_dir=args.data_dir,

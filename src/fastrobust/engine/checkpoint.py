@@ -29,6 +29,9 @@ FORMAT_VERSION = 1
 class WriteError(FastrobustError, OSError):
     """A file could not be written (full disk, read-only or missing folder); the message names the fix."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def write_error(path: Path, exc: BaseException) -> WriteError:
     """A :class:`WriteError` for ``exc`` raised while writing ``path``, with the likely fix."""
@@ -44,6 +47,8 @@ def write_error(path: Path, exc: BaseException) -> WriteError:
         why = f"{os.strerror(code).lower()}; choose a writable location"
     elif code in (errno.ENOTDIR, errno.EEXIST):
         why = "a file stands where a folder is needed; choose another location"
+    elif getattr(exc, "strerror", None):
+        why = f"{exc.strerror[:1].lower()}{exc.strerror[1:]}; choose a writable location"
     else:
         why = f"{type(exc).__name__}: {exc}"
     return WriteError(code or errno.EIO, f"cannot write {path}: {why}")
@@ -71,6 +76,21 @@ def _atomic_write(path: Path, write) -> None:
 
 
 TMP_SUFFIX = ".tmp"
+
+
+def check_writable(path: Path) -> None:
+    """Refuse now, with the fix, a file that could not be written later (a folder in its place, a
+    read-only or missing location): its folder is created and a temporary file tried there."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(errno.EISDIR, f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def remove_temporary_files(folder: Path, names) -> list[str]:
