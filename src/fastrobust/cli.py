@@ -66,7 +66,13 @@ def _model_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--model-opt: expected KEY=VALUE (e.g. width=16), got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise argparse.ArgumentTypeError(
+            f"--model-opt {text!r}: the value is not valid YAML ({why}); write a number, a name or a list, "
+            f"e.g. width=16 or 'widths=[16, 32]'") from None
 
 
 # (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
@@ -159,9 +165,16 @@ def _refuse_other_methods_flags(unknown: list[str], method: str) -> None:
                               f"{method}'s parameters: {own}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line for a bad flag (the usage of `train` is long): the problem and where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     """The command-line parser; ``train``'s method parameters are those of ``method``."""
-    parser = argparse.ArgumentParser(prog="fastrobust", description=DESCRIPTION,
+    parser = _Parser(prog="fastrobust", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastrobust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -255,10 +268,11 @@ def _add_eval_parser(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import warnings
 
-    from .evaluation import GradientMaskingWarning, evaluate_checkpoint, format_report, output_path
+    from .evaluation import BrokenModelWarning, GradientMaskingWarning, evaluate_checkpoint, format_report, output_path
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)   # printed below with the table
+        warnings.simplefilter("ignore", BrokenModelWarning)
         result = evaluate_checkpoint(args.path, attacks=args.attacks, eps=args.eps, norm=args.norm,
                                      test_subset=args.test_subset, batch_size=args.batch_size,
                                      device=None if args.device == "auto" else args.device, data_dir=args.data_dir,
@@ -281,6 +295,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if method_params:
         cfg.method_params = {**cfg.method_params, **method_params}
     return cfg
+
+
+def given_keys(args: argparse.Namespace) -> set[str]:
+    """The configuration keys given explicitly (flags and --config file), which --resume compares
+    with the run's saved configuration even where they equal the defaults."""
+    given = vars(args)
+    keys = {k[5:] for k in given if k.startswith("cfg__")}
+    if "config" in given:
+        keys |= {str(k).replace("-", "_") for k in load_yaml(given["config"])}
+    if any(k.startswith("mp__") for k in given):
+        keys.add("method_params")
+    return keys
 
 
 def cmd_methods(names: list[str] | None = None) -> None:
@@ -325,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .engine import train
 
-            train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None)
+            train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None,
+                  given=given_keys(args))
         elif args.command == "demo":
             from .demo import run_demo
 

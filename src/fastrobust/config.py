@@ -95,13 +95,52 @@ class TrainConfig:
         """Set the given keys; an unknown key is refused with the allowed ones."""
         allowed = set(self.keys())
         for key, value in values.items():
-            norm = key.replace("-", "_")
+            norm = key.replace("-", "_") if isinstance(key, str) else key
             if norm not in allowed:
                 raise ConfigError(
                     f"{source}: unknown configuration key {key!r}. Allowed keys: {', '.join(sorted(allowed))}"
                 )
-            setattr(self, norm, value)
+            setattr(self, norm, check_type(norm, value, source))
         return self
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number (e.g. 0.3 or 8/255)", "bool": "true or false",
+               "str": "a name", "dict": "a mapping of names to values", "list": "a list", "None": "null (unset)"}
+
+
+def _kind_ok(value: Any, kind: str) -> bool:
+    return {"None": value is None, "int": _is_int(value), "bool": isinstance(value, bool), "str": isinstance(value, str),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "dict": isinstance(value, dict) and all(isinstance(k, str) for k in value),
+            "list": isinstance(value, (list, tuple))}.get(kind, True)
+
+
+def check_type(key: str, value: Any, source: str = "configuration") -> Any:
+    """``value`` if it has the type of configuration key ``key`` (a number may be written as text,
+    ``8/255`` or ``1e-3``: it is converted), else a ConfigError naming the key, the value and the fix."""
+    kinds = [k.strip() for k in str(_FIELD_TYPES[key]).split("|")]
+    if any(_kind_ok(value, k) for k in kinds):
+        return value
+    if "float" in kinds and isinstance(value, str):
+        return parse_number(value, f"{source}: {key}")
+    default = _DEFAULTS.get(key)
+    example = f"; e.g. {key}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}" \
+        if default not in (None, {}, []) else ""
+    if kinds[0] == "dict":
+        example = ("; its keys must be names" if isinstance(value, dict) else "") + \
+            {"model_options": "; e.g. model_options: {width: 16}", "method_params": "; e.g. method_params: {steps: 10}"}.get(key, "")
+    raise ConfigError(f"{source}: {key} must be {' or '.join(_KIND_WORDS.get(k, k) for k in kinds)}, "
+                      f"got {value!r} ({type(value).__name__}){example}")
+
+
+def check_types(cfg: "TrainConfig", source: str = "configuration") -> None:
+    """Refuse (or convert, for numbers written as text) every value of the wrong type, in place."""
+    for key in cfg.keys():
+        setattr(cfg, key, check_type(key, getattr(cfg, key), source))
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+_DEFAULTS = TrainConfig().to_dict()
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -151,6 +190,8 @@ def _is_small(info) -> bool:
 
 def resolve(cfg: TrainConfig, info, method_cls) -> TrainConfig:
     """Fill dataset- and method-dependent defaults; returns a new config."""
+    cfg = dataclasses.replace(cfg)
+    check_types(cfg)
     cfg = dataclasses.replace(cfg, model_options=dict(cfg.model_options), method_params=dict(cfg.method_params))
     small = _is_small(info)
     if cfg.model is None:

@@ -134,6 +134,7 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     with ``dry_run``, prints what would be done and returns an empty dict.
     """
     from ..engine import train
+    from ..engine.lock import RunLock
 
     out = Path(out) if out else Path(f"bench-{suite.name}")
     overrides = {"device": device, "data_dir": data_dir, "dataset": dataset}
@@ -171,15 +172,16 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
         echo(f"\n[{i}/{len(plans)}] {what(p)}: {p.detail}")
         if p.action == "done":
             continue
-        if p.action in ("train", "resume"):
-            if p.action == "train":
-                for name in _STALE:
-                    (p.dir / name).unlink(missing_ok=True)
-            train(suite.train_config(p.run, p.dir, seed=p.seed, **overrides), resume=p.action == "resume",
-                  progress=progress, echo=echo)
-        evaluate_run(p.dir, attacks, test_subset=eval_n, batch_size=suite.eval_batch_size,
-                     device=device or suite.common.get("device"),
-                     data_dir=data_dir, progress=progress, echo=echo)
+        with RunLock(p.dir, "fastrobust bench"):   # one writer per run folder (train takes it again inside)
+            if p.action in ("train", "resume"):
+                if p.action == "train":
+                    for name in _STALE:
+                        (p.dir / name).unlink(missing_ok=True)
+                train(suite.train_config(p.run, p.dir, seed=p.seed, **overrides), resume=p.action == "resume",
+                      progress=progress, echo=echo)
+            evaluate_run(p.dir, attacks, test_subset=eval_n, batch_size=suite.eval_batch_size,
+                         device=device or suite.common.get("device"),
+                         data_dir=data_dir, progress=progress, echo=echo)
 
     # the table: every finished run of the suite in this folder (also those of earlier --methods or --seeds);
     # the seeds of a run are grouped by write_report
@@ -207,8 +209,10 @@ def evaluate_run(run_dir: Path, attacks: list[str], *, test_subset: int | None, 
     result = evaluate_checkpoint(run_dir, attacks=tuple(attacks), test_subset=test_subset, batch_size=batch_size,
                                  device=None if device in (None, "auto") else device, data_dir=data_dir,
                                  progress=progress)
-    accs = ", ".join(f"{name} {100 * r['accuracy']:.2f}%" for name, r in result["attacks"].items())
-    echo(f"evaluated {run_dir.name} on {result['n']} test images: {accs}; worst case {100 * result['robust_accuracy']:.2f}%")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    accs = ", ".join(f"{name} {pct(r['accuracy'])}" for name, r in result["attacks"].items())
+    echo(f"evaluated {run_dir.name} on {result['n']} test images: {accs or 'no accuracy (broken model)'}; "
+         f"worst case {pct(result['robust_accuracy'])}")
     for flag in result.get("flags") or []:
         echo(f"WARNING: {flag.get('check')}: {flag.get('message')}")
     return result

@@ -2,12 +2,18 @@
 
 A file is written to a temporary name in the same folder, flushed to disk
 and moved into place with ``os.replace``, so a crash never leaves a broken
-file: readers see the old version or the new one.
+file: readers see the old version or the new one. A write that fails (a full
+disk, a read-only folder) raises :class:`WriteError`, a user-facing error that
+says what to do; the file it was to replace is left as it was. A process killed
+while writing leaves its temporary file (``.NAME.XXXX.tmp``), which
+:func:`remove_temporary_files` clears when the next run starts in that folder.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,19 +26,82 @@ FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
 
 
+class WriteError(FastrobustError, OSError):
+    """A file could not be written (full disk, read-only or missing folder); the message names the fix."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_error(path: Path, exc: BaseException) -> WriteError:
+    """A :class:`WriteError` for ``exc`` raised while writing ``path``, with the likely fix."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) or "unexpected pos" in str(exc):
+        try:
+            free = f" ({shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free)"
+        except OSError:
+            free = ""
+        why = f"no space left on the device{free}; free some space and run the command again " \
+              "(a training run continues with --resume; the files already written are intact)"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"{os.strerror(code).lower()}; choose a writable location"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        why = "a file stands where a folder is needed; choose another location"
+    elif getattr(exc, "strerror", None):
+        why = f"{exc.strerror[:1].lower()}{exc.strerror[1:]}; choose a writable location"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return WriteError(code or errno.EIO, f"cannot write {path}: {why}")
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write of its zip archive as RuntimeError("... unexpected pos ...")
+        if isinstance(exc, OSError) and not isinstance(exc, FastrobustError) or \
+                isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
+            raise write_error(path, exc) from None
         raise
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def check_writable(path: Path) -> None:
+    """Refuse now, with the fix, a file that could not be written later (a folder in its place, a
+    read-only or missing location): its folder is created and a temporary file tried there."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(errno.EISDIR, f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def remove_temporary_files(folder: Path, names) -> list[str]:
+    """Delete the temporary files that writes of ``names`` killed midway left in ``folder``
+    (call it only while holding the folder's lock); returns the names removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

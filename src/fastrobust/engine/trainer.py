@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -30,9 +31,11 @@ from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step,
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
 from ..methods import Batch, MethodContext, get_method
-from .checkpoint import atomic_write_text, build_model, load_checkpoint, model_spec, save_checkpoint
+from .checkpoint import (atomic_write_text, build_model, load_checkpoint, model_spec, remove_temporary_files,
+                         save_checkpoint, write_error)
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
                           init_from_env, is_peer_loss, shard_weight)
+from .lock import RunLock
 from .schedules import LRSchedule, eps_scale
 
 
@@ -58,13 +61,23 @@ class RunLog:
     def info(self, line: str) -> None:
         if self.enabled:
             self.echo(line)
-            with open(self.out / "train.log", "a") as fh:
-                fh.write(line + "\n")
+            self._append("train.log", line + "\n")
+
+    def note(self, line: str) -> None:
+        """A line for train.log only (an error that the command line prints itself)."""
+        if self.enabled:
+            self._append("train.log", line + "\n")
 
     def metrics(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if self.enabled:   # standard JSON: a NaN or infinite number is written as null
+            self._append("metrics.jsonl", json.dumps(finite_json(record), allow_nan=False) + "\n")
+
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.out / name, "a") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise write_error(self.out / name, exc) from None
 
     def keep_metrics_before(self, epoch: int) -> None:
         """On resume, drop metric lines of epochs that the checkpoint does not cover."""
@@ -74,6 +87,17 @@ class RunLog:
             atomic_write_text(path, "".join(l + "\n" for l in lines))
 
 
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 @dataclass
 class Prepared:
     cfg: TrainConfig
@@ -81,6 +105,7 @@ class Prepared:
     train: object
     val: object
     test: object
+    notes: list   # lines for the log: settings adjusted to the data
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
@@ -97,11 +122,20 @@ def prepare(cfg: TrainConfig) -> Prepared:
     data = load_dataset(cfg.dataset, cfg.data_dir)
     resolved = _resolve_and_check(cfg, data.info, method_cls)
     train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed)
+    notes = []
+    # a subset larger than the split: the whole split, and config.yaml records the real number
+    for key, split, what in (("train_subset", train, "training examples left after the validation split"),
+                             ("test_subset", data.test, "test examples")):
+        asked = getattr(resolved, key)
+        if asked is not None and asked > len(split) >= 1:
+            notes.append(f"--{key.replace('_', '-')} {asked} is more than the {len(split)} {what}: using all "
+                         f"{len(split)} (config.yaml records {key}: {len(split)})")
+            setattr(resolved, key, len(split))
     train = take_subset(train, resolved.train_subset, seed=resolved.seed)
     test = take_subset(data.test, resolved.test_subset, seed=resolved.seed)
     if len(train) < 1:
         raise ConfigError("no training examples left after the validation split; lower --val-size")
-    return Prepared(resolved, data.info, train, val, test)
+    return Prepared(resolved, data.info, train, val, test, notes)
 
 
 def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
@@ -121,18 +155,23 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
-          echo: Callable[[str], None] = print) -> dict:
+          echo: Callable[[str], None] = print, given: set[str] | None = None) -> dict:
     """Run one training job to the end and return its summary (also written to ``summary.json``).
 
     Under ``torchrun`` every process calls this with the same arguments; together
     they train one model with DistributedDataParallel (see :mod:`.distributed`),
     only the main process writes files, and every process returns the summary.
+
+    The main process holds the run folder's lock (:class:`.lock.RunLock`) while it runs.
+    With ``resume``, the keys named in ``given`` (the ones the user gave explicitly) must
+    equal the run's saved configuration; without ``given``, the keys that differ from the
+    defaults. A NaN or infinite loss or weight stops training with a :class:`TrainingDiverged`.
     """
     # work that reads files or picks the device comes before the process group exists;
     # an error there is raised after joining it, so that it shows once and no process waits
     setup_error, device = None, torch.device("cpu")
     try:
-        cfg, out = _resume_config(cfg, resume)
+        cfg, out = _resume_config(cfg, resume, given)
         device = pick_device(cfg.device)
     except FastrobustError as exc:
         if env_world_size() <= 1:
@@ -140,9 +179,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         setup_error, out = exc, None
     dist, device = init_from_env(device, cfg.dist_timeout)
     failed = True
+    locks: list[RunLock] = []   # the run folder's lock, held by the main process
     try:
         dist.agree(lambda: _raise(setup_error))
-        summary = _train(cfg, out, dist, device, resume, progress, echo)
+        summary = _train(cfg, out, dist, device, resume, progress, echo, locks)
         failed = False
         return summary
     except BaseException as exc:
@@ -166,6 +206,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             # The DDP model holds the process group: free it (its reference cycles too) before leaving the
             # group, so that Gloo's threads stop while Python is fully alive, not at interpreter exit (SIGABRT)
             gc.collect()
+        for lock in locks:
+            lock.release()
         dist.shutdown(failed)
 
 
@@ -174,28 +216,67 @@ def _raise(error: BaseException | None) -> None:
         raise error
 
 
-def _resume_config(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path | None]:
-    """The configuration to run (the saved one when resuming) and the output folder, if known yet."""
+def _resume_config(cfg: TrainConfig, resume: bool, given: set[str] | None = None) -> tuple[TrainConfig, Path | None]:
+    """The configuration to run (the saved one when resuming) and the output folder, if known yet.
+
+    A run folder with config.yaml but no last.pt (stopped in its first epoch) can be resumed:
+    it starts again from epoch 0."""
     if cfg.device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
     out = Path(cfg.out) if cfg.out else None
     if resume:
         out = out or default_out_dir(cfg)
-        if not (out / "last.pt").is_file():
+        if not (out / "last.pt").is_file() and not (out / "config.yaml").is_file():
             hint = " Under torchrun on several machines --out must be a folder that every machine sees." \
                 if env_world_size() > 1 else ""
             raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with "
                                   f"--out {out}?).{hint}")
-        cfg = _merge_for_resume(cfg, out)
+        cfg = _merge_for_resume(cfg, out, given)
     return cfg, out
 
 
-def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool) -> Path:
-    """The output folder (main process): the given one, or a new timestamped name; refuses to overwrite a run."""
+# files of a run (their temporary files of killed writes are removed when a run starts), and those
+# of an earlier attempt that never reached its first checkpoint (removed when it starts again)
+_RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "lock")
+_ATTEMPT_FILES = ("metrics.jsonl", "best.pt", "summary.json", "eval.json", "curves.png")
+
+
+def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool, locks: list) -> tuple[Path, list[str]]:
+    """The output folder (main process): the given one, or a new timestamped name, locked for this run;
+    refuses to overwrite a run or to mix with another one; clears what killed writes left.
+    Returns the folder and lines for the log."""
     out = out or default_out_dir(cfg)
-    if not resume and ((out / "last.pt").exists() or (out / "summary.json").exists()):
+    lock = RunLock(out, "fastrobust train" + (" --resume" if resume else ""))
+    lock.acquire()
+    locks.append(lock)
+    notes = []
+    has_checkpoint = (out / "last.pt").is_file()
+    if not resume and (has_checkpoint or (out / "summary.json").exists()):
         raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    return out
+    if not has_checkpoint and (out / "config.yaml").is_file():
+        # an attempt that stopped before its first checkpoint: the same run may start again there
+        diffs = _differences(cfg, load_yaml(out / "config.yaml"))
+        if diffs:
+            raise FastrobustError(f"{out} holds the config.yaml of another run that stopped before its first "
+                                  f"checkpoint ({'; '.join(diffs[:3])}): choose another --out, or delete {out} to "
+                                  f"start this run there")
+        for name in _ATTEMPT_FILES:
+            (out / name).unlink(missing_ok=True)
+        notes.append(f"{out} holds an attempt of this run that stopped before its first checkpoint: starting "
+                     f"again from epoch 0 (its metrics removed)")
+    removed = remove_temporary_files(out, _RUN_FILES)
+    if removed:
+        notes.append(f"removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(removed)}")
+    return out, notes
+
+
+def _differences(cfg: TrainConfig, saved: dict) -> list[str]:
+    """The result-changing settings of ``cfg`` (resolved) that differ from a saved config.yaml."""
+    import yaml
+
+    mine = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    return [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in mine.items()
+            if key not in _RESUME_FREE and saved.get(key) != value]
 
 
 def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared:
@@ -211,17 +292,24 @@ def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared
         if c.sync_bn and device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA GPUs (SyncBatchNorm does not run on the CPU). Without it, "
                               "the processes' BatchNorm statistics are averaged after every step")
+    if prep.cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--amp fp16 needs a CUDA GPU (float16 autocast with loss scaling); this run is on the "
+                          f"{device.type.upper()}: use --amp bf16 there, or --amp none (fp32)")
     return prep
 
 
 def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
-           progress: bool | None, echo: Callable[[str], None]) -> dict:
-    out = dist.on_main(lambda: _claim_out(cfg, out, resume))
-    cfg.out = str(out)
+           progress: bool | None, echo: Callable[[str], None], locks: list) -> dict:
     prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
-    dist.main_only(lambda: (out.mkdir(parents=True, exist_ok=True), save_yaml(cfg, out / "config.yaml")))
+    out, notes = dist.on_main(lambda: _claim_out(cfg, out, resume, locks))
+    cfg.out = str(out)
+    # resuming a folder that holds no checkpoint yet (stopped in its first epoch): start from epoch 0
+    resume = resume and dist.on_main(lambda: (out / "last.pt").is_file())
+    dist.main_only(lambda: save_yaml(cfg, out / "config.yaml"))
     log = RunLog(out, dist.is_main, echo)
+    for line in notes + prep.notes:
+        log.info(line)
     torch.manual_seed(cfg.seed + dist.rank)
 
     loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
@@ -293,6 +381,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         else:   # another number of processes than when saved: fresh streams for the other processes
             torch.manual_seed(derived_seed(cfg.seed, state["epoch"], dist.rank))
         log.keep_metrics_before(state["epoch"])
+        dist.main_only(lambda: _restore_best(out, ckpt, spec))
         log.info(f"resuming {out} after epoch {state['epoch']}" + (
             f" with {dist.world_size} processes (saved with {len(saved)}: the other processes start fresh random "
             f"streams and take process 0's method state)" if len(saved) != dist.world_size else ""))
@@ -318,7 +407,8 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     for epoch in range(state["epoch"], cfg.epochs):
         loader.set_epoch(epoch)
         model.train()
-        totals = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, correct, n, passes
+        # loss*n, correct, n, passes, minibatches with a non-finite loss, non-finite weights
+        totals = torch.zeros(6, dtype=torch.float64, device=device)
         seen_n, passes_n = 0, 0.0
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -338,8 +428,10 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             with autocast():
                 out_b = method.train_batch(model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), step)
             # per-batch bookkeeping in place on the device (no host sync): loss*n, correct; n and passes are numbers
-            totals[0].add_(out_b.loss.detach(), alpha=len(y))
+            loss_b = out_b.loss.detach()
+            totals[0].add_(loss_b, alpha=len(y))
             totals[1].add_((out_b.logits.argmax(1) == y).sum())
+            totals[4].add_(~torch.isfinite(loss_b).all())   # the on-device NaN/inf flag, read once per epoch
             seen_n += len(y)
             passes_n += out_b.passes
             if i % 10 == 0 and not bar.disable:
@@ -352,8 +444,18 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         # Over several processes: wall seconds of the slowest, CPU seconds summed.
         epoch_cpu_seconds = time.process_time() - cpu_start
         totals[2], totals[3] = seen_n, passes_n
-        loss_sum, correct, seen, passes = dist.all_reduce_sum(totals).tolist()
+        totals[5] = _non_finite_tensors(raw_model)   # checked before any checkpoint is written
+        loss_sum, correct, seen, passes, bad_batches, bad_weights = dist.all_reduce_sum(totals).tolist()
         epoch_seconds, epoch_cpu_seconds = _reduce_seconds(dist, epoch_seconds, epoch_cpu_seconds)
+        if bad_batches or bad_weights or not math.isfinite(loss_sum):
+            stop = _diverged(cfg, epoch, state, int(bad_batches), n_batches, bool(bad_weights), dist)
+            # the epoch's record without accuracies (no model of it was evaluated or saved)
+            dist.main_only(lambda: (log.metrics({"epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
+                                                 "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                                                 "val_clean_acc": None, "val_robust_acc": None,
+                                                 "non_finite": True}),
+                                    log.note(f"error: {stop}")))
+            raise stop
         epoch_passes = passes / (len(prep.train))
         state["passes"] += epoch_passes
         state["train_seconds"] += epoch_seconds
@@ -387,12 +489,14 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             log.info(_epoch_line(record, cfg.epochs))
             payload = {"model_spec": spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
                        "epoch": epoch + 1, "version": __version__}
-            if improved:
-                save_checkpoint(out / "best.pt", payload)
+            # last.pt first: a process killed while writing best.pt leaves a resumable folder, and
+            # resuming rewrites best.pt from last.pt when it is the best (see _restore_best)
             extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
             save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                               "method": method.state_dict(), "state": dict(state),
                                               "rng": _rng_state(device), **extra})
+            if improved:
+                save_checkpoint(out / "best.pt", payload)
 
         dist.main_only(save)
 
@@ -421,13 +525,58 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
             "torch_version": torch.__version__, "fastrobust_version": __version__,
         }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n")
         log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
                  f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
                  f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
         return summary
 
     return dist.on_main(finish)
+
+
+class TrainingDiverged(FastrobustError):
+    """The loss or the weights became NaN or infinite; training stopped before saving them."""
+
+
+def _non_finite_tensors(model: torch.nn.Module) -> torch.Tensor:
+    """How many floating-point parameters and buffers hold a NaN or inf (a 0-d tensor on their device)."""
+    flags = [~torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return torch.stack(flags).sum() if flags else torch.zeros(())
+
+
+def _diverged(cfg: TrainConfig, epoch: int, state: dict, bad_batches: int, n_batches: int, bad_weights: bool,
+              dist: Dist) -> TrainingDiverged:
+    if bad_batches:
+        what = f"the training loss was NaN or infinite in {bad_batches} of {n_batches} minibatches"
+        what += " and the weights are no longer finite" if bad_weights else ""
+    elif bad_weights:
+        what = "the weights became NaN or infinite"
+    else:
+        what = "the training loss was NaN or infinite"
+    kept = (f"last.pt and best.pt keep epoch {state['epoch']} and earlier, which were finite" if state["epoch"]
+            else "no checkpoint was written")
+    clip = f"a lower --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "--grad-clip 1.0"
+    error = TrainingDiverged(
+        f"training stopped in epoch {epoch + 1}: {what}. The learning rate is probably too high for this setting "
+        f"(--lr {cfg.lr:g}, {cfg.optimizer}): start again with another --out and a lower --lr, or with {clip}. "
+        f"Nothing of epoch {epoch + 1} was saved; {kept}.")
+    error.quiet = not dist.is_main   # every process stops; the main one shows the message
+    return error
+
+
+def _restore_best(out: Path, ckpt: dict, spec: dict) -> None:
+    """On resume: if the process was killed while writing best.pt, last.pt (written first) holds it."""
+    state = ckpt["state"]
+    if state.get("best_epoch") != state.get("epoch"):
+        return
+    path = out / "best.pt"
+    try:
+        current = load_checkpoint(path)["epoch"] if path.is_file() else None
+    except FastrobustError:
+        current = None
+    if current != state["epoch"]:
+        save_checkpoint(path, {"model_spec": spec, "model": ckpt["model"], "config": ckpt["config"],
+                               "epoch": ckpt["epoch"], "version": ckpt.get("version", __version__)})
 
 
 def _reduce_seconds(dist: Dist, wall: float, cpu: float) -> tuple[float, float]:
@@ -475,19 +624,44 @@ def _read_metrics(out: Path) -> list[dict]:
 _RESUME_FREE = {"out", "device", "data_dir", "dist_timeout"}
 
 
-def _merge_for_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
-    """The saved configuration, with a check that no result-changing option was changed."""
+def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None) -> TrainConfig:
+    """The saved configuration, with a check that no result-changing option was changed.
+
+    ``given``: the keys given explicitly (on the command line or in --config), each compared with
+    the saved value even where it equals the default (``--method pgd`` on a natural run is refused);
+    None: the keys whose value differs from the default."""
     saved = TrainConfig().update(load_yaml(out / "config.yaml"), f"{out / 'config.yaml'}")
-    given = cfg.to_dict()
+    values = cfg.to_dict()
     defaults = TrainConfig().to_dict()
-    for key, value in given.items():
-        if key in _RESUME_FREE or value == defaults[key] or value == getattr(saved, key):
+    explicit = (lambda key: key in given) if given is not None else (lambda key: values[key] != defaults[key])
+    for key, value in values.items():
+        if key in _RESUME_FREE or not explicit(key) or _same(key, value, getattr(saved, key)):
             continue
-        if key == "method_params" and all(saved.method_params.get(k.replace("-", "_")) == v for k, v in value.items()):
+        if key == "method_params" and isinstance(value, dict) and \
+                all(saved.method_params.get(k.replace("-", "_")) == v for k, v in value.items()):
             continue   # a partial set of parameters that agrees with the saved (resolved) ones
         raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} when the run started, now {value!r}; "
-                          f"a resumed run keeps its configuration (start a new run with another --out to change it)")
+                          f"a resumed run keeps its configuration (drop that option, or start a new run with "
+                          f"another --out to change it)")
     for key in _RESUME_FREE:
-        if given[key] != defaults[key]:
-            setattr(saved, key, given[key])
+        if explicit(key):
+            setattr(saved, key, values[key])
     return saved
+
+
+def _same(key: str, value, saved) -> bool:
+    """A given value equals the saved (resolved) one, up to spelling (``piecewise`` = ``multistep``, ``8/255``)."""
+    from ..config import parse_number
+
+    def norm(v):
+        if key == "lr_schedule" and v == "piecewise":
+            return "multistep"
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, str) and key in ("eps", "alpha", "lr"):
+            try:
+                return parse_number(v, key)
+            except ConfigError:
+                return v
+        return v
+    return norm(value) == norm(saved)

@@ -8,14 +8,14 @@ worst case over all of them, and checks against gradient masking.
 ``evaluate_split`` is the small clean/PGD evaluation the training engine runs.
 """
 
-from .checks import DETERMINISM_TOLERANCE, PROBE_SIZE, SQUARE_TOLERANCE, STEPS_TOLERANCE
-from .core import PROTOCOL, GradientMaskingWarning, adversarial_examples, evaluate
+from .checks import DETERMINISM_TOLERANCE, GAP_THRESHOLD, PROBE_SIZE, SQUARE_TOLERANCE, STEPS_TOLERANCE
+from .core import PROTOCOL, BrokenModelWarning, GradientMaskingWarning, adversarial_examples, evaluate
 from .runs import evaluate_checkpoint, format_report, output_path
 from .specs import VALID_NAMES, AttackSpec, parse_attacks, run_order, spec_of
 from .split import evaluate_split, to_float
 
 __all__ = [
-    "DETERMINISM_TOLERANCE", "PROBE_SIZE", "PROTOCOL", "SQUARE_TOLERANCE", "STEPS_TOLERANCE", "VALID_NAMES",
-    "AttackSpec", "GradientMaskingWarning", "adversarial_examples", "evaluate", "evaluate_checkpoint",
+    "DETERMINISM_TOLERANCE", "GAP_THRESHOLD", "PROBE_SIZE", "PROTOCOL", "SQUARE_TOLERANCE", "STEPS_TOLERANCE",
+    "VALID_NAMES", "AttackSpec", "BrokenModelWarning", "GradientMaskingWarning", "adversarial_examples", "evaluate", "evaluate_checkpoint",
     "evaluate_split", "format_report", "output_path", "parse_attacks", "run_order", "spec_of", "to_float",
 ]

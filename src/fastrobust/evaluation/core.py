@@ -53,6 +53,10 @@ class GradientMaskingWarning(UserWarning):
     """A sanity check of the evaluation failed: the robust accuracy may be overstated."""
 
 
+class BrokenModelWarning(UserWarning):
+    """The model's clean logits are NaN or infinite: no accuracy is reported."""
+
+
 def check_norm(norm: str) -> str:
     key = str(norm).strip().lower()
     if key not in NORM_ALIASES:
@@ -135,6 +139,7 @@ class Evaluation:
         self.eps, self.norm, self.alpha, self.alpha_ratio = eps, norm, alpha, alpha_ratio
         self.batch_size, self.device, self.seed, self.progress = batch_size, device, seed, progress
         self.num_classes = None
+        self.non_finite = 0          # clean examples whose logits hold a NaN or inf
         self.aa_messages: list[str] = []
         self._aa: dict[int, AutoAttackRunner] = {}
 
@@ -159,6 +164,7 @@ class Evaluation:
         for chunk in self.batches(idx, "clean"):
             logits = self.model(self.batch(chunk)[0])
             self.num_classes = logits.shape[1]
+            self.non_finite += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
             out.append(logits.argmax(1).cpu())
         return torch.cat(out)
 
@@ -337,6 +343,11 @@ def evaluate(
         t0 = time.perf_counter()
         clean_correct = ev.predict(all_idx) == ev.y
         clean_seconds = time.perf_counter() - t0
+        if ev.non_finite:   # a broken model (e.g. diverged training): no accuracy is reported
+            result = _broken_result(ev, specs, n, cascade)
+            result["seconds"] = round(time.perf_counter() - started, 3)
+            warnings.warn(result["flags"][0]["message"], BrokenModelWarning, stacklevel=2)
+            return result
         _check_after_clean_pass(ev, specs)
         t0 = time.perf_counter()
         flags = _probe_model(ev, clean_correct) if masking_checks else []
@@ -353,6 +364,7 @@ def evaluate(
         if masking_checks:
             t0 = time.perf_counter()
             flags += checks.check_robust_above_clean(records, clean_correct)
+            flags += checks.check_attack_gap(records, clean_correct)
             flags += checks.check_more_steps(records, clean_correct,
                                              lambda spec, idx: ev.run_pgd(spec, idx, f"check {spec.name}"))
             flags += checks.check_square(records, n)
@@ -364,6 +376,20 @@ def evaluate(
     for f in flags:
         warnings.warn(f"{f['check']}: {f['message']}", GradientMaskingWarning, stacklevel=2)
     return result
+
+
+def _broken_result(ev: Evaluation, specs: list[AttackSpec], n: int, cascade: bool) -> dict:
+    """The result for a model whose clean logits are not finite: a flag, and neither clean nor robust accuracy."""
+    message = (f"the model's logits are NaN or infinite on {ev.non_finite} of {n} clean examples: the model is "
+               "broken (e.g. its training diverged; retrain with a lower learning rate or --grad-clip). No clean "
+               "or robust accuracy is reported and no attack was run.")
+    return {
+        "n": n, "eps": ev.eps, "norm": ev.norm, "clean_accuracy": None, "robust_accuracy": None, "broken": True,
+        "attacks": {}, "flags": [checks.flag("non_finite_logits", message)],
+        "versions": {"torch": torch.__version__, "fastrobust": __version__, "pyautoattack": pyautoattack_version()},
+        "order": [s.name for s in specs], "cascade": cascade, "batch_size": ev.batch_size, "seed": ev.seed,
+        "device": str(ev.device), "protocol": PROTOCOL, "check_seconds": 0.0,
+    }
 
 
 def _check_after_clean_pass(ev: Evaluation, specs: list[AttackSpec]) -> None:

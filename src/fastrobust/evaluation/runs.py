@@ -72,7 +72,7 @@ def evaluate_checkpoint(
     ``dataset``, ``test_subset``, ``model``, ``method`` and ``epoch`` added.
     """
     from ..data import load_dataset, take_subset
-    from ..engine.checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
+    from ..engine.checkpoint import atomic_write_text, check_writable, load_checkpoint, model_from_checkpoint
     from ..engine.trainer import pick_device
 
     names = parse_attacks(attacks)          # refuse bad input before loading anything
@@ -94,6 +94,7 @@ def evaluate_checkpoint(
         eps = config.get("eps")
     eps = check_eps(eps, norm)
     target = output_path(path, out)
+    check_writable(target)   # before any attack runs
     dev = pick_device("auto" if device is None else str(device))
     data = load_dataset(config["dataset"], data_dir or config.get("data_dir"))
     subset = test_subset if test_subset is not None else config.get("test_subset")
@@ -126,7 +127,8 @@ def format_report(result: dict) -> str:
     where = f"{result['dataset']} test, " if result.get("dataset") else ""
     lines = [f"{where}{result['n']} images, {norm} eps {result['eps']:.4g}",
              line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
-    robust = ("no attack was run" if result["robust_accuracy"] is None else
+    robust = ("the model is broken (non-finite logits): no accuracy is reported" if result.get("broken") else
+              "no attack was run" if result["robust_accuracy"] is None else
               f"robust accuracy (per-example worst case over every attack) {_pct(result['robust_accuracy'])}%")
     lines.append(f"{result['n']} images: clean accuracy {_pct(result['clean_accuracy'])}%, {robust}")
     lines.append("accuracy: on the examples no earlier attack had fooled (clean errors count as errors); "
