@@ -3,11 +3,14 @@
 __version__ = "0.1.0"
 
 
-def load_model(path, device="cpu"):
-    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint or run directory."""
+def load_model(path, device="cpu", model=None):
+    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint or run directory.
+
+    ``model``: a module (built as in the run) to load the weights into, instead of rebuilding it.
+    """
     from .engine.checkpoint import load_model as _load
 
-    return _load(path, device)
+    return _load(path, device, model)
 
 
 def train(cfg, **kwargs):

@@ -62,6 +62,18 @@ def _milestones(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"lr milestones: expected comma-separated epochs like 25,40, got {text!r}") from None
 
 
+def _normalize(text: str):
+    text = text.strip()
+    if text in ("dataset", "none"):
+        return text
+    try:
+        mean, std = text.split("/")
+        return [[float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--normalize: expected dataset, none or MEAN/STD with one value per channel "
+                                         f"(e.g. 0.49,0.48,0.45/0.25,0.24,0.26), got {text!r}") from None
+
+
 def _model_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--model-opt: expected KEY=VALUE (e.g. width=16), got {text!r}")
@@ -74,7 +86,8 @@ TRAIN_OPTIONS = [
     ("--method", "method", dict(metavar="NAME", help="training method (default pgd; see `fastrobust methods`)")),
     ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder")),
     ("--data-dir", "data_dir", dict(metavar="DIR", help="folder holding the data set files (default $FASTROBUST_DATA or ~/.cache/fastrobust); for imagefolder, the folder with train/ and test/")),
-    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`)")),
+    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`), or your own as package.module:factory")),
+    ("--normalize", "normalize", dict(type=_normalize, metavar="MEAN/STD", help="input normalisation inside the model: 'dataset' (the data set's mean/std; the default for built-in models), 'none' (the default for --model package.module:factory), or per-channel values like 0.49,0.48,0.45/0.25,0.24,0.26")),
     ("--model-opt", "model_options", dict(metavar="KEY=VALUE", type=_model_opt, action="append", help="a model option, repeatable, e.g. --model-opt width=16")),
     ("--epochs", "epochs", dict(type=int, metavar="N", help="number of epochs (default 10)")),
     ("--batch-size", "batch_size", dict(type=int, metavar="N", help="global minibatch size (default 100 for MNIST-like data, 128 otherwise)")),
@@ -255,11 +268,13 @@ def cmd_methods() -> None:
 
 
 def cmd_models() -> None:
-    from .models import list_models
+    from .models import FACTORY_HELP, list_models
 
     for entry in list_models():
         opts = ", ".join(f"{k}={v}" for k, v in entry.options.items()) or "none"
         print(f"{entry.name:18s} {entry.description}\n{'':18s} options: {opts}")
+    print()
+    print(FACTORY_HELP)
 
 
 def cmd_datasets() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FastrobustError
+from ..errors import ConfigError, FastrobustError
 
 FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
@@ -67,10 +67,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def model_spec(name: str, info, options: dict) -> dict:
-    """Everything needed to rebuild a model: saved in every checkpoint."""
+def model_spec(name: str, info, options: dict, normalize=None) -> dict:
+    """Everything needed to rebuild a model: saved in every checkpoint.
+
+    The input normalisation is the data set's for a built-in model and none (pixels in [0, 1]) for a
+    user's ``package.module:factory`` model; ``normalize`` overrides it: ``"dataset"`` (the data
+    set's statistics) or ``(mean, std)`` with one value per channel.
+    """
+    mean, std = normalization(name, info, normalize)
     return dict(name=name, num_classes=info.num_classes, in_channels=info.channels, image_size=list(info.image_size),
-                mean=list(info.mean), std=list(info.std), options=dict(options))
+                mean=mean, std=std, options=dict(options))
+
+
+def normalization(name: str, info, normalize=None) -> tuple[list[float], list[float]]:
+    """The (mean, std) a model of ``name`` on data ``info`` gets (see :func:`model_spec`)."""
+    from ..factories import is_factory_ref
+
+    if normalize is None:
+        normalize = None if is_factory_ref(name) else "dataset"
+    if normalize == "dataset":
+        return list(info.mean), list(info.std)
+    if normalize is None or normalize == "none":
+        return [0.0] * info.channels, [1.0] * info.channels
+    try:
+        mean, std = ([float(v) for v in part] for part in normalize)
+    except (TypeError, ValueError):
+        raise ConfigError(f"normalize must be 'dataset', 'none' or (mean, std) with one value per channel each, "
+                          f"got {normalize!r}") from None
+    if len(mean) != info.channels or len(std) != info.channels or not all(s > 0 for s in std):
+        raise ConfigError(f"normalize: mean and std need {info.channels} value(s) each (one per channel), std > 0; "
+                          f"got {mean} and {std}")
+    return mean, std
 
 
 def build_model(spec: dict):
@@ -82,17 +109,49 @@ def build_model(spec: dict):
                         **spec["options"])
 
 
-def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint, weights loaded, in eval mode."""
-    model = build_model(payload["model_spec"])
-    model.load_state_dict(payload["model"])
+def check_model(spec: dict) -> None:
+    """Build the model of ``spec`` (without memory where possible) and refuse it, before any training,
+    if it cannot be built or its output on a dummy batch is not ``(N, num_classes)``."""
+    from ..models import check_output
+
+    check_output(lambda: build_model(spec), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
+
+
+def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", model=None):
+    """Rebuild the model of a checkpoint, weights loaded, in eval mode.
+
+    ``model``: a module to load the weights into instead of rebuilding it (the bare network the
+    run trained, or a fastrobust ``Classifier``); it is wrapped with the run's input normalisation.
+    """
+    from ..factories import is_factory_ref
+    from ..models import Classifier
+
+    spec = payload["model_spec"]
+    if model is None:
+        try:
+            model = build_model(spec)
+        except ConfigError as exc:
+            if not is_factory_ref(spec["name"]):
+                raise
+            raise ConfigError(f"the model of this run cannot be rebuilt here: {exc}. Make {spec['name']} importable "
+                              f"(PYTHONPATH), or pass the module: fastrobust.load_model(path, model=YourNet(...))") from None
+    elif not isinstance(model, Classifier):
+        model = Classifier(model, spec["mean"], spec["std"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise FastrobustError(f"the weights of this run do not fit the given model ({str(exc).splitlines()[0]}); "
+                              f"pass a module built as in the run (its model: {spec['name']} with options "
+                              f"{spec['options']})") from None
     return model.to(device).eval()
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
     """Load a trained model from a checkpoint or run directory (``best.pt`` first).
 
     The model is in eval mode, takes [0,1] images (normalisation is its first
     layer) and returns logits, so any third-party attack can be run on it.
+    ``model``: load the weights into this module instead of rebuilding the run's
+    (see :func:`model_from_checkpoint`).
     """
-    return model_from_checkpoint(load_checkpoint(path), device)
+    return model_from_checkpoint(load_checkpoint(path), device, model)

@@ -29,7 +29,7 @@ from ..config import DEVICES, TrainConfig, load_yaml, recipe_step, resolve, save
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
 from ..methods import Batch, MethodContext, get_method
-from .checkpoint import atomic_write_text, build_model, load_checkpoint, model_spec, save_checkpoint
+from .checkpoint import atomic_write_text, build_model, check_model, load_checkpoint, model_spec, save_checkpoint
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
                           init_from_env, is_peer_loss, shard_weight)
 from .schedules import LRSchedule, eps_scale
@@ -107,8 +107,8 @@ def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
     resolved = resolve(cfg, info, method_cls)
     validate(resolved)
     method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
-    with torch.device("meta"):   # build the model without memory to refuse unknown names/options now
-        build_model(model_spec(resolved.model, info, resolved.model_options))
+    # build the model (without memory where possible) to refuse unknown names/options and a wrong output now
+    check_model(model_spec(resolved.model, info, resolved.model_options, resolved.normalize))
     return resolved
 
 
@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
 
     loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
                           crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
-    spec = model_spec(cfg.model, info, cfg.model_options)
+    spec = model_spec(cfg.model, info, cfg.model_options, cfg.normalize)
     model = build_model(spec).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
