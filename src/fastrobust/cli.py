@@ -84,7 +84,7 @@ def _model_opt(text: str) -> tuple[str, Any]:
 # (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
 TRAIN_OPTIONS = [
     ("--method", "method", dict(metavar="NAME", help="training method (default pgd; see `fastrobust methods`)")),
-    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder")),
+    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder, or your own as package.module:factory (see `fastrobust datasets`)")),
     ("--data-dir", "data_dir", dict(metavar="DIR", help="folder holding the data set files (default $FASTROBUST_DATA or ~/.cache/fastrobust); for imagefolder, the folder with train/ and test/")),
     ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`), or your own as package.module:factory")),
     ("--normalize", "normalize", dict(type=_normalize, metavar="MEAN/STD", help="input normalisation inside the model: 'dataset' (the data set's mean/std; the default for built-in models), 'none' (the default for --model package.module:factory), or per-channel values like 0.49,0.48,0.45/0.25,0.24,0.26")),
@@ -279,11 +279,14 @@ def cmd_models() -> None:
 
 def cmd_datasets() -> None:
     from .data import DATASETS, default_data_dir
+    from .data.user import FACTORY_HELP as DATA_FACTORY_HELP
 
     print(f"default data dir: {default_data_dir()} (override with --data-dir or $FASTROBUST_DATA)")
     for name, info in sorted(DATASETS.items()):
         print(f"{name:14s} {info.num_classes:4d} classes, {info.channels}x{info.image_size[0]}x{info.image_size[1]}, default eps {info.eps:.4g}")
     print(f"{'imagefolder':14s} your own images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., pass --data-dir DIR")
+    print()
+    print(DATA_FACTORY_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from .. import __version__
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
+from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
 from .checkpoint import atomic_write_text, build_model, check_model, load_checkpoint, model_spec, save_checkpoint
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
@@ -88,14 +89,15 @@ def prepare(cfg: TrainConfig) -> Prepared:
     Every check that needs no data runs before the data is loaded.
     """
     method_cls = get_method(cfg.method)
-    if cfg.dataset not in DATASETS and cfg.dataset != "imagefolder":
+    if cfg.dataset not in DATASETS and cfg.dataset != "imagefolder" and not is_factory_ref(cfg.dataset):
         raise ConfigError(f"unknown dataset {cfg.dataset!r}. Available: {', '.join(sorted([*DATASETS, 'imagefolder']))}")
     known_info = DATASETS.get(cfg.dataset)
     if known_info is not None:
         _resolve_and_check(cfg, known_info, method_cls)
     data = load_dataset(cfg.dataset, cfg.data_dir)
     resolved = _resolve_and_check(cfg, data.info, method_cls)
-    train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed)
+    train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed) if data.val is None \
+        else (data.train, data.val)   # a validation split given with the data
     train = take_subset(train, resolved.train_subset, seed=resolved.seed)
     test = take_subset(data.test, resolved.test_subset, seed=resolved.seed)
     if len(train) < 1:
