@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_model(path, device="cpu", model=None):
-    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint or run directory.
+    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint, a run
+    directory or a folder written by ``fastrobust export``.
 
     ``model``: a module (built as in the run) to load the weights into, instead of rebuilding it.
     """

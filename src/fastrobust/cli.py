@@ -27,6 +27,7 @@ Commands:
   eval      robust accuracy of a run or checkpoint: PGD, CW, AutoAttack, Square, masking checks
   bench     train and evaluate a suite of methods side by side: table, CSV, cost/robustness plots
   report    the benchmark table and plots from existing run directories
+  export    a run's model as model.safetensors + config.json, loadable with plain torch
 
 Cost is counted in passes per example (one forward+backward of one example = 1;
 forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parsers(sub)
     _add_eval_parser(sub)
+    ex = sub.add_parser("export", help="a run's model as model.safetensors + config.json, loadable with plain torch",
+                        description="Write the run's best model as model.safetensors (the network's weights) and "
+                                    "config.json (model spec, input size and normalisation, eps, threat model, clean/"
+                                    "robust/AutoAttack accuracy from eval.json or summary.json, a RobustBench-like "
+                                    "model_info), and print how to load it. Needs pip install \"fastrobust[export]\".")
+    ex.add_argument("run", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory (its best.pt) or a fastrobust .pt")
+    ex.add_argument("--format", default="safetensors", choices=["safetensors"], help="output format (default safetensors)")
+    ex.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/export)")
     sub.add_parser("methods", help="list the training methods and their parameters")
     sub.add_parser("models", help="list the model architectures and their options")
     sub.add_parser("datasets", help="list the data sets")
@@ -311,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             run_command(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "export":
+            import json as _json
+
+            from .export import export_run, load_instructions
+
+            folder = export_run(args.run, args.format, args.out)
+            print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
+            print(load_instructions(folder, _json.loads((folder / "config.json").read_text())))
         elif args.command == "methods":
             cmd_methods()
         elif args.command == "models":

@@ -18,6 +18,9 @@ from ..errors import ConfigError, FastrobustError
 
 FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
+#: an exported model (``fastrobust export``): a folder of these two files
+EXPORT_FORMAT = "fastrobust-export"
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -37,6 +40,20 @@ def _atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def require_safetensors():
+    """The ``safetensors.torch`` module, or a FastrobustError saying how to install it."""
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise FastrobustError('exported models are stored with safetensors, which is not installed: '
+                              'pip install "fastrobust[export]" (or pip install safetensors)') from None
+    return st
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -154,4 +171,39 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", mode
     ``model``: load the weights into this module instead of rebuilding the run's
     (see :func:`model_from_checkpoint`).
     """
+    if is_exported(path):
+        return load_exported(path, device, model)
     return model_from_checkpoint(load_checkpoint(path), device, model)
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``fastrobust export``."""
+    path = Path(path)
+    return path.is_dir() and (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file()
+
+
+def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
+    """The model of an exported folder (see :func:`load_model`)."""
+    import json
+
+    path = Path(path)
+    try:
+        config = json.loads((path / EXPORT_CONFIG).read_text())
+        m, inp = config["model"], config["input"]
+        if config.get("format") != EXPORT_FORMAT:
+            raise KeyError("format")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FastrobustError(f"{path / EXPORT_CONFIG} is not the config.json of a `fastrobust export` ({exc})") from None
+    try:
+        weights = require_safetensors().load_file(str(path / EXPORT_WEIGHTS))
+    except FastrobustError:
+        raise
+    except Exception as exc:
+        raise FastrobustError(f"{path / EXPORT_WEIGHTS} cannot be read ({type(exc).__name__}: {exc})") from None
+    spec = dict(name=m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"], image_size=m["image_size"],
+                mean=inp["mean"], std=inp["std"], options=m["options"])
+    state = {"net." + k: v for k, v in weights.items()}
+    from ..models import Normalize
+
+    state.update({f"normalize.{k}": v for k, v in Normalize(spec["mean"], spec["std"]).state_dict().items()})
+    return model_from_checkpoint({"model_spec": spec, "model": state}, device, model)
