@@ -82,6 +82,7 @@ class TrainConfig:
     grad_clip: float | None = None
     sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
     dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
+    log: list = field(default_factory=list)  # loggers besides metrics.jsonl: "tensorboard" (in RUN/tensorboard)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -30,6 +30,7 @@ from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
+from . import callbacks as _callbacks
 from .checkpoint import atomic_write_text, build_model, check_model, load_checkpoint, model_spec, save_checkpoint
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
                           init_from_env, is_peer_loss, shard_weight)
@@ -52,8 +53,9 @@ def _sync(device: torch.device) -> None:
 class RunLog:
     """Writes human lines to stdout and ``train.log``, and metrics to ``metrics.jsonl`` (main process only)."""
 
-    def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print):
+    def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print, callbacks=()):
         self.out, self.enabled, self.echo = out, enabled, echo
+        self.callbacks = list(callbacks) if enabled else []   # see .callbacks: called in the main process
 
     def info(self, line: str) -> None:
         if self.enabled:
@@ -65,6 +67,10 @@ class RunLog:
         if self.enabled:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            _callbacks.call(self.callbacks, "on_epoch_end", dict(record))
+
+    def checkpoint(self, path: Path) -> None:
+        _callbacks.call(self.callbacks, "on_checkpoint", path)
 
     def keep_metrics_before(self, epoch: int) -> None:
         """On resume, drop metric lines of epochs that the checkpoint does not cover."""
@@ -111,6 +117,7 @@ def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
     method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
     # build the model (without memory where possible) to refuse unknown names/options and a wrong output now
     check_model(model_spec(resolved.model, info, resolved.model_options, resolved.normalize))
+    _callbacks.check_loggers(resolved.log)
     return resolved
 
 
@@ -122,8 +129,11 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
-          echo: Callable[[str], None] = print) -> dict:
+          echo: Callable[[str], None] = print, callbacks=()) -> dict:
     """Run one training job to the end and return its summary (also written to ``summary.json``).
+
+    ``callbacks``: objects with ``on_epoch_end(record)``, ``on_checkpoint(path)`` and/or
+    ``on_train_end(summary)`` methods (see :mod:`.callbacks`), called in the main process.
 
     Under ``torchrun`` every process calls this with the same arguments; together
     they train one model with DistributedDataParallel (see :mod:`.distributed`),
@@ -143,7 +153,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     failed = True
     try:
         dist.agree(lambda: _raise(setup_error))
-        summary = _train(cfg, out, dist, device, resume, progress, echo)
+        summary = _train(cfg, out, dist, device, resume, progress, echo, _callbacks.check_callbacks(callbacks))
         failed = False
         return summary
     except BaseException as exc:
@@ -216,13 +226,13 @@ def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared
 
 
 def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
-           progress: bool | None, echo: Callable[[str], None]) -> dict:
+           progress: bool | None, echo: Callable[[str], None], user_callbacks=()) -> dict:
     out = dist.on_main(lambda: _claim_out(cfg, out, resume))
     cfg.out = str(out)
     prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
     dist.main_only(lambda: (out.mkdir(parents=True, exist_ok=True), save_yaml(cfg, out / "config.yaml")))
-    log = RunLog(out, dist.is_main, echo)
+    log = RunLog(out, dist.is_main, echo, _callbacks.build(cfg.log, out, user_callbacks) if dist.is_main else ())
     torch.manual_seed(cfg.seed + dist.rank)
 
     loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
@@ -389,10 +399,12 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
                        "epoch": epoch + 1, "version": __version__}
             if improved:
                 save_checkpoint(out / "best.pt", payload)
+                log.checkpoint(out / "best.pt")
             extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
             save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                               "method": method.state_dict(), "state": dict(state),
                                               "rng": _rng_state(device), **extra})
+            log.checkpoint(out / "last.pt")
 
         dist.main_only(save)
 
@@ -423,6 +435,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
                  f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
                  f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
+        _callbacks.call(log.callbacks, "on_train_end", summary)
         return summary
 
     return dist.on_main(finish)
@@ -470,7 +483,7 @@ def _read_metrics(out: Path) -> list[dict]:
 
 
 # keys that may differ when resuming (they do not change the result)
-_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout"}
+_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log"}
 
 
 def _merge_for_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
