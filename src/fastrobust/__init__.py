@@ -21,4 +21,12 @@ def train(cfg, **kwargs):
     return _train(cfg, **kwargs)
 
 
-__all__ = ["__version__", "load_model", "train"]
+def fit(model, train_data, **kwargs):
+    """Adversarially train your ``model`` (any nn.Module) on ``train_data`` (a Dataset, a DataLoader or
+    ``(x, y)`` tensors); writes a run folder and returns its summary. See :func:`fastrobust.fitting.fit`."""
+    from .fitting import fit as _fit
+
+    return _fit(model, train_data, **kwargs)
+
+
+__all__ = ["__version__", "fit", "load_model", "train"]

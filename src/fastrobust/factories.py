@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, FastrobustError
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -95,7 +95,7 @@ def call_factory(ref: str, what: str, options: dict[str, Any], provided: dict[st
             raise ConfigError(f"{what} {ref!r} cannot be called with {given} ({exc}); its signature is "
                               f"{ref.split(':', 1)[1]}{_signature(fn)}") from None
         raise ConfigError(f"{what} {ref!r} raised {type(exc).__name__}: {exc}") from None
-    except ConfigError:
+    except FastrobustError:   # the callable's own clear message
         raise
     except Exception as exc:  # the user's callable failed: say which one and how
         raise ConfigError(f"{what} {ref!r} raised {type(exc).__name__}: {exc}") from None

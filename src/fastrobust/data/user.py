@@ -42,6 +42,8 @@ MEMORY_FRACTION = 0.8   # of the available memory that the converted data may ta
 def load_factory(ref: str, data_dir: str | None = None) -> Data:
     """Call the user's data factory ``ref`` and convert its (train, test[, facts]) into :class:`Data`."""
     result = call_factory(ref, "--dataset", {}, {"data_dir": data_dir})
+    if isinstance(result, Data):   # already converted (fastrobust.fit)
+        return result
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
         raise DataError(f"--dataset {ref!r} returned a {type(result).__name__}; it must return (train, test) "
                         f"or (train, test, facts): two Datasets of (image, label) pairs, and a dict")
