@@ -162,3 +162,15 @@ def test_fit_killed_and_resumed_gives_the_same_weights(tmp_path):
         a = torch.load(tmp_path / "full" / name, weights_only=True)["model"]
         b = torch.load(tmp_path / "cut" / name, weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_fit_fastrobust_classifier_keeps_its_normalisation(tmp_path):
+    from fastrobust.models import Classifier
+
+    wrapped = Classifier(SmallNet(), [0.5], [0.25])
+    summary = fastrobust.fit(wrapped, PlainDataset(96, 0), method="natural", out=str(tmp_path / "c"),
+                             progress=False, echo=lambda s: None, **COMMON)
+    assert summary["model"] == "test_fit:SmallNet"
+    model = fastrobust.load_model(tmp_path / "c")
+    x = PlainDataset(3, 4).x
+    assert torch.equal(model(x), wrapped.net.eval()((x - 0.5) / 0.25))
