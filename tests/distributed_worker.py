@@ -53,7 +53,7 @@ def probe_class(cls):
         def on_epoch_end(self, epoch):
             super().on_epoch_end(epoch)
             record = {"method": cls.name, "epoch": epoch, "state": self.state(),
-                      "next_level": getattr(self, "level", None), "weights": state_digest(self.model)}
+                      "next_level": self.schedule_.level, "weights": state_digest(self.model)}
             with open(Path(os.environ["PROBE_DIR"]) / f"rank{self.rank}.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             self.epoch, self.batch = epoch + 1, 0
@@ -67,7 +67,7 @@ for _cls in METHODS:
     register_method(probe_class(_cls))
 
 # small attacks for the all-methods run (only the parameters a method has are used)
-SMALL_PARAMS = {"steps": 2, "k_min": 1, "k_max": 2, "replays": 2, "r_max": 2, "d": 1}
+SMALL_PARAMS = {"steps": 2, "k_min": 1, "k_max": 2, "replays": 2, "r_max": 2, "d": 1, "gamma": 0.5}
 
 
 def all_methods(root: Path) -> None:

@@ -45,3 +45,66 @@ class ForwardCounter:
 
     def _count(self, t):
         self.examples += t.shape[0]
+
+
+EPS = 0.1
+
+
+def make_method(name, epochs=3, input_std=None, all_reduce_sum=None, lr=0.1, eps=EPS, alpha=EPS / 4, norm="linf",
+                seed=0, **params):
+    """(model, method, step, calls) for method ``name`` on TinyNet; ``calls`` gets each step's input gradient."""
+    from fastrobust.attacks import threat_model
+    from fastrobust.methods import MethodContext, get_method
+
+    torch.manual_seed(seed)
+    model = TinyNet().train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    calls = []
+
+    def step(loss, wrt=None):
+        opt.zero_grad()
+        if wrt is not None:
+            wrt.grad = None
+        loss.backward()
+        opt.step()
+        grad = None if wrt is None else wrt.grad.detach()
+        calls.append(grad)
+        return grad
+
+    ctx = MethodContext(num_classes=3, input_std=torch.ones(1) if input_std is None else input_std,
+                        epochs=epochs, batches_per_epoch=2, threat=threat_model(norm), eps=eps, alpha=alpha)
+    if all_reduce_sum is not None:
+        ctx.all_reduce_sum = all_reduce_sum
+    cls = get_method(name)
+    method = cls(ctx, **cls.resolve_params(params))
+    method.opt = opt
+    return model, method, step, calls
+
+
+def run_epochs(model, method, step, epochs, n=24, batches=2, eps=EPS, alpha=EPS / 4, first=0):
+    """Train ``epochs`` epochs of ``batches`` synthetic minibatches; returns (state() per epoch, passes per epoch / n)."""
+    from fastrobust.methods import Batch
+
+    states, passes = [], []
+    for epoch in range(first, first + epochs):
+        total = 0.0
+        for b in range(batches):
+            x, y = synthetic(n, seed=b)
+            total += method.train_batch(model, Batch(x, y, eps, alpha), step).passes
+        method.on_epoch_end(epoch)
+        states.append(method.state())
+        passes.append(total / (n * batches))
+    return states, passes
+
+
+def record_inputs(model):
+    """A list that receives a copy of every input forwarded through ``model``."""
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    return seen
+
+
+def assert_feasible(inputs, x, eps=EPS):
+    """Every forwarded input is x + delta with |delta| <= eps and pixels in [0, 1]."""
+    for inp in inputs:
+        assert (inp - x).abs().max() <= eps + 1e-6 and inp.min() >= 0 and inp.max() <= 1

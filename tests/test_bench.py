@@ -45,7 +45,7 @@ def test_mnist_suite_matches_the_reference_runs():
     assert suite.attacks == ["clean", "pgd50x10"] and suite.test_subset == 1000
     pgd = suite.run("pgd")
     assert pgd.params == {"steps": 40} and pgd.config == {"alpha": 0.01}
-    assert suite.run("mpgd").params == {"k_max": 40} and suite.run("mpgd").config == {"alpha": 0.01}
+    assert suite.run("mpgd").params == {} and suite.run("mpgd").config == {}   # the paper's K_max 7, default step
     assert suite.run("mdeat").params == {} and suite.run("free").params == {}
     cfg = suite.train_config(pgd, "x", data_dir="/data")
     assert (cfg.method, cfg.epochs, cfg.lr, cfg.optimizer, cfg.data_dir, cfg.out) == ("pgd", 10, None, None, "/data", "x")
@@ -67,7 +67,7 @@ def test_cifar_suites_use_the_paper_schedule():
     (TINY.replace("reference: pgd\n", ""), ["missing 'reference'", "compared with"]),
     (TINY.replace("reference: pgd", "reference: pgd-7"), ["reference 'pgd-7'", "natural, pgd, free-2"]),
     (TINY.replace("epochs: 2,", "epochs: 2, method_params: {steps: 3},"), ["'common'", "method_params", "each run"]),
-    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, epochs: 3}"), ["run 'pgd'", "'epochs'", "common"]),
+    (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, eps: 0.2}"), ["run 'pgd'", "'eps'", "common"]),
     (TINY.replace("{steps: 2}", "{stepz: 2}"), ["run 'pgd'", "stepz", "--steps"]),
     (TINY.replace("{steps: 2}", "{steps: -1}"), ["run 'pgd'", "steps", ">= 1"]),
     (TINY.replace("{params: {steps: 2}}", "{params: {steps: 2}, alpha: 0.5}"), ["run 'pgd'", "alpha", "eps"]),

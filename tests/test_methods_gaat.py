@@ -12,13 +12,14 @@ from fastrobust.engine import train
 from fastrobust.methods import FORWARD, BACKWARD
 from fastrobust.methods.gaat import gaat_attack
 from helpers import ForwardCounter, TinyNet, synthetic
-from test_methods_mplus import EPS, make, run_epochs
+from helpers import EPS, make_method as make, run_epochs
 
 
 def attack(model, x, y, seed=1, **kw):
     args = dict(eps=EPS, alpha=EPS / 4, steps=10, tau=0.3, check_every=1, order=1)
     args.update(kw)
-    return gaat_attack(model, x, y, generator=torch.Generator().manual_seed(seed), **args)
+    x_adv, st, _ = gaat_attack(model, x, y, generator=torch.Generator().manual_seed(seed), **args)
+    return x_adv, st
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
@@ -89,7 +90,7 @@ def test_larger_tau_trusts_more_and_costs_less():
 
 
 def test_gaat_trains_and_reports_its_statistics():
-    model, method, step, calls = make("gaat", steps=5, tau=0.3, check_every=1)
+    model, method, step, calls = make("gaat", steps=5, tau=0.3, check_every=1, alpha=EPS / 2)
     states, passes = run_epochs(model, method, step, epochs=2)
     for state, p in zip(states, passes):
         assert 0 <= state["approx_share"] <= 0.8 + 1e-9                 # the first of 5 steps is always true

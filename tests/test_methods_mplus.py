@@ -1,6 +1,5 @@
 """The M+ rule, the gradient magnitude MG, and the M+ methods' cost, process agreement and resume state.
 
-``make``, ``run_epochs``, ``record_inputs`` and ``assert_feasible`` are shared with the other ``test_methods_*`` files.
 """
 
 import io
@@ -11,65 +10,18 @@ import torch
 
 from fastrobust.config import TrainConfig
 from fastrobust.engine import train
-from fastrobust.methods import Batch, MethodContext, get_method
+from fastrobust.errors import ConfigError
+from fastrobust.methods import Batch, get_method
 from fastrobust.methods.mplus import MPlusRule, grad_magnitude
-from helpers import ForwardCounter, TinyNet, synthetic
+from helpers import EPS, ForwardCounter, TinyNet, make_method, run_epochs, synthetic
 
-EPS = 0.1
 # METHODS.md: M+DEAT's replay count in the reference run, epoch by epoch (r used DURING the epoch)
 REFERENCE_R = [1] + [2] * 2 + [3] * 5 + [4] * 19 + [5] * 2 + [6] * 13 + [7] * 2 + [8] * 6
 
 
-def make(name, epochs=3, input_std=None, all_reduce_sum=None, lr=0.1, **params):
-    """(model, method, step, calls) for method ``name`` on TinyNet; ``calls`` gets each step's input gradient."""
-    torch.manual_seed(0)
-    model = TinyNet().train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    calls = []
-
-    def step(loss, wrt=None):
-        opt.zero_grad()
-        if wrt is not None:
-            wrt.grad = None
-        loss.backward()
-        opt.step()
-        grad = None if wrt is None else wrt.grad.detach()
-        calls.append(grad)
-        return grad
-
-    ctx = MethodContext(num_classes=3, input_std=torch.ones(1) if input_std is None else input_std,
-                        epochs=epochs, batches_per_epoch=2)
-    if all_reduce_sum is not None:
-        ctx.all_reduce_sum = all_reduce_sum
-    cls = get_method(name)
-    return model, cls(ctx, **cls.resolve_params(params)), step, calls
-
-
-def record_inputs(model):
-    """A list that receives a copy of every input forwarded through ``model``."""
-    seen = []
-    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
-    return seen
-
-
-def assert_feasible(inputs, x, eps=EPS):
-    """Every forwarded input is x + delta with |delta| <= eps and pixels in [0, 1]."""
-    for inp in inputs:
-        assert (inp - x).abs().max() <= eps + 1e-6 and inp.min() >= 0 and inp.max() <= 1
-
-
-def run_epochs(model, method, step, epochs, n=24, batches=2, eps=EPS, alpha=EPS / 2):
-    """Train ``epochs`` epochs of ``batches`` synthetic minibatches; returns (state() per epoch, passes per epoch / n)."""
-    states, passes = [], []
-    for epoch in range(epochs):
-        total = 0.0
-        for b in range(batches):
-            x, y = synthetic(n, seed=b)
-            total += method.train_batch(model, Batch(x, y, eps, alpha), step).passes
-        method.on_epoch_end(epoch)
-        states.append(method.state())
-        passes.append(total / (n * batches))
-    return states, passes
+def make(name, **kwargs):
+    model, method, step, calls = make_method(name, **kwargs)
+    return model, method, step, calls
 
 
 def reference_mgs(gamma=1.01):
@@ -102,7 +54,7 @@ def test_mdeat_follows_the_reference_trajectory_through_on_epoch_end():
     _, method, _, _ = make("mdeat")
     used = []
     for t, mg in enumerate(reference_mgs()):
-        method.mg_sum = torch.tensor(mg, dtype=torch.float64)
+        method.schedule_.mg_sum = torch.tensor(mg, dtype=torch.float64)
         method.on_epoch_end(t)
         state = method.state()
         assert state["grad_magnitude"] == mg
@@ -141,6 +93,65 @@ def test_grad_magnitude_weights_channels_and_ignores_batch_size():
     assert mg(torch.cat([x, x]), torch.cat([y, y])) == pytest.approx(mg(x, y))   # mean loss: no growth with B
 
 
+def test_rule_reach_floor_raises_k_while_k_steps_cannot_cross_the_ball():
+    rule = MPlusRule(start=0, maximum=7, gamma=1.01, floor=True)
+    levels = [rule.level]
+    for t in range(8):       # MG falls: only the floor can raise K (alpha 2/255 at eps 8/255: K = 4 reaches)
+        rule.update(t, 100.0 - t, reaches=rule.level * 2 >= 8)
+        levels.append(rule.level)
+    assert levels == [0, 1, 1, 2, 3, 4, 4, 4, 4]
+    assert rule.threshold == pytest.approx(1.01 * 96.0)                # moved with the last (floor) raise
+
+
+def test_mpgd_default_alpha_reaches_and_a_small_alpha_is_refused():
+    cls = get_method("mpgd")
+    params = cls.resolve_params({})
+    assert cls.default_alpha(8 / 255, 0.25, params) == pytest.approx(2 / 255)    # the paper's constant step
+    assert cls.default_alpha(0.3, 1 / 30, params) == pytest.approx(2.5 * 0.3 / 7)  # MNIST: 7 steps reach
+    with pytest.raises(ConfigError, match="cannot cross the eps-ball"):
+        cls.check_config(0.3, 0.01, params)
+    cls.check_config(0.3, 0.01, cls.resolve_params({"step_rule": "eps-over-k"}))   # eps/K always reaches
+
+
+def test_step_rules():
+    _, method, _, _ = make("mpgd")
+    batch = Batch(*synthetic(4), 0.1, 0.01)
+    assert method.schedule_.step_size(batch, 4) == pytest.approx(0.01)            # constant (paper)
+    _, method, _, _ = make("mpgd", step_rule="eps-over-k")
+    assert method.schedule_.step_size(batch, 4) == pytest.approx(0.025)           # max(eps/K, alpha)
+    assert method.schedule_.step_size(Batch(*synthetic(4), 0.1, 0.05), 4) == pytest.approx(0.05)
+
+
+def test_k_zero_trains_on_the_random_start_and_measures_nothing():
+    model, method, step, _ = make("mpgd")
+    seen = []
+    model.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach().clone()))
+    x, y = synthetic(16)
+    out = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step)
+    assert method.schedule_.level == 0 and out.passes == 16 and len(seen) == 1
+    assert 0 < (seen[0] - x).abs().max() <= EPS + 1e-6                 # x + U(-eps, eps), not x
+    assert method.schedule_.mg_sum.item() == 0.0
+
+
+def test_rule_epochs_count_from_the_first_epoch_at_full_eps():
+    model, method, step, _ = make("mpgd", gamma=0.5)
+    method.ctx.eps_warmup = 1.5        # epochs 0 and 1 ramp eps: the rule starts after epoch 2
+    states, _ = run_epochs(model, method, step, 5)
+    assert [s["K"] for s in states] == [0, 0, 0, 1, 1]
+    assert states[1]["threshold"] is None and states[3]["threshold"] is not None
+
+
+@pytest.mark.parametrize("name,last", [("mtrades", True), ("mmart", True), ("mpgd", False), ("mgaat", False)])
+def test_mg_over_all_minibatches_or_the_last_as_the_papers_code(name, last):
+    _, method, _, _ = make(name)
+    grads = [torch.full((4, 1, 4, 4), v) for v in (1.0, 2.0, 3.0)]
+    for g in grads:
+        method.schedule_.observe(None, None, g)
+    method.on_epoch_end(0)
+    expected = 3.0 * 64 if last else 6.0 * 64
+    assert method.state()["grad_magnitude"] == pytest.approx(expected)
+
+
 def test_mg_is_the_sum_over_minibatches_of_the_last_replay_gradient():
     std = torch.tensor([0.5])
     model, method, step, calls = make("mdeat", input_std=std)
@@ -149,18 +160,18 @@ def test_mg_is_the_sum_over_minibatches_of_the_last_replay_gradient():
     assert len(calls) == 3 and states[0]["grad_magnitude"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name,level", [("mdeat", "r"), ("mpgd", "K")])
-def test_processes_take_the_same_decision(name, level):
+@pytest.mark.parametrize("name,params", [("mdeat", {}), ("mpgd", {"k_start": 1})])
+def test_processes_take_the_same_decision(name, params):
     local = {}
-    a = make(name, all_reduce_sum=lambda t: t + local["b"])
-    b = make(name, all_reduce_sum=lambda t: t + local["a"])
-    alone = make(name)
+    a = make(name, all_reduce_sum=lambda t: t + local["b"], **params)
+    b = make(name, all_reduce_sum=lambda t: t + local["a"], **params)
+    alone = make(name, **params)
     for epoch in range(5):
         for (model, method, step, _), seed in ((a, 0), (b, 7), (alone, 0)):
             for i in range(2):
                 x, y = synthetic(24, seed=seed + i)
                 method.train_batch(model, Batch(x, y, EPS, EPS / 2), step)
-        local["a"], local["b"] = a[1].mg_sum.clone(), b[1].mg_sum.clone()
+        local["a"], local["b"] = a[1].schedule_.mg_sum.clone(), b[1].schedule_.mg_sum.clone()
         expected_mg = (local["a"] + local["b"]).item()
         a[1].on_epoch_end(epoch)
         b[1].on_epoch_end(epoch)
@@ -168,21 +179,22 @@ def test_processes_take_the_same_decision(name, level):
         assert a[1].state() == b[1].state()
         assert a[1].state()["grad_magnitude"] == pytest.approx(expected_mg)
         assert a[1].state()["grad_magnitude"] != alone[1].state()["grad_magnitude"]
-        assert a[1].level == b[1].level
+        assert a[1].schedule_.level == b[1].schedule_.level
 
 
 @pytest.mark.parametrize("name,params,extra", [
-    ("mdeat", {}, 0), ("mpgd", {}, 1), ("mmart", {"k_start": 1}, 2),
+    ("mdeat", {}, 0), ("mpgd", {}, 1), ("mmart", {"k_start": 1}, 2), ("mgaat", {"tau": 0.0, "check_every": 1}, 1),
 ])
 def test_cost_is_the_level_per_epoch(name, params, extra):
-    """mdeat: r passes per example; mpgd: K+1; mmart: K+2 (K >= 1)."""
+    """mdeat: r passes per example; mpgd: K+1; mmart: K+2 (K >= 1); mgaat with tau 0: exactly M+PGD's."""
     model, method, step, calls = make(name, gamma=0.5, **params)   # gamma < 1: the level keeps rising
     counter = ForwardCounter(model)
     states, passes = run_epochs(model, method, step, 4)
     levels = [s["r" if name == "mdeat" else "K"] for s in states]
     assert levels == [levels[0] + min(t, 1) + max(t - 2, 0) for t in range(4)]   # e.g. 1, 2, 2, 3
     assert passes == [lvl + extra for lvl in levels]
-    assert counter.examples == pytest.approx(sum(passes) * 24 * 2)
+    if name != "mgaat":       # (GAAT forwards the check without a backward: its count is in the contract test)
+        assert counter.examples == pytest.approx(sum(passes) * 24 * 2)
     if name == "mdeat":
         assert len(calls) == 2 * sum(levels)                      # one step per replay
 
@@ -193,11 +205,12 @@ def test_state_dict_round_trip_restores_level_and_threshold():
     state = torch.load(_saved(method.state_dict()), weights_only=False)
     _, fresh, _, _ = make("mdeat", gamma=0.5)
     fresh.load_state_dict(state)
-    assert fresh.level == method.level == 3 and fresh.rule.threshold == method.rule.threshold is not None
+    a, b = method.schedule_, fresh.schedule_
+    assert b.level == a.level == 3 and b.rule.threshold == a.rule.threshold is not None
     for m in (method, fresh):
-        m.mg_sum = torch.tensor(1e9, dtype=torch.float64)
+        m.schedule_.mg_sum = torch.tensor(1e9, dtype=torch.float64)
         m.on_epoch_end(3)
-    assert fresh.state() == method.state() and fresh.level == 4
+    assert fresh.state() == method.state() and b.level == 4
 
 
 def _saved(obj):

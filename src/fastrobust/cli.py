@@ -98,8 +98,10 @@ TRAIN_OPTIONS = [
     ("--weight-decay", "weight_decay", dict(type=float, metavar="WD", help="default 5e-4 for sgd, 0 for adam")),
     ("--lr-schedule", "lr_schedule", dict(choices=["multistep", "piecewise", "cyclic", "cosine", "constant"], help="multistep (= piecewise; x lr-gamma at each milestone, default), cyclic (triangle peaking at 2/5 of training), cosine, constant; updated every minibatch")),
     ("--lr-milestones", "lr_milestones", dict(type=_milestones, metavar="E1,E2", help="multistep milestones in epochs (default 50%% and 80%% of training)")),
+    ("--lr-peak", "lr_peak", dict(type=float, metavar="F", help="cyclic: where the LR peaks, as a fraction of training (default 0.4, Wong et al.; DEAT's FAST setting 0.5)")),
     ("--lr-gamma", "lr_gamma", dict(type=float, metavar="G", help="multistep decay factor (default 0.1)")),
-    ("--eps", "eps", dict(type=_number("eps"), metavar="E", help="L-inf radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default: MNIST 0.3, CIFAR/SVHN 8/255)")),
+    ("--norm", "norm", dict(choices=["linf", "l2"], help="threat model of training and evaluation (default linf)")),
+    ("--eps", "eps", dict(type=_number("eps"), metavar="E", help="radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default L-inf: MNIST 0.3, CIFAR/SVHN 8/255; L2: MNIST 2.0, others 0.5)")),
     ("--alpha", "alpha", dict(type=_number("alpha"), metavar="A", help="attack step (default per method: pgd the recipe step, 2/255 on CIFAR, 0.01 on MNIST; fgsm-rs 1.25 eps; free eps)")),
     ("--eps-warmup", "eps_warmup", dict(type=float, metavar="EPOCHS", help="ramp eps (and alpha) linearly from 0 over this many epochs (default 0)")),
     ("--val-size", "val_size", dict(type=int, metavar="N", help="held-out validation examples from the training set, for checkpoint selection (default 1000; 0 = none, best = last)")),
@@ -121,23 +123,59 @@ TRAIN_OPTIONS = [
 ]
 
 
-def _add_method_params(parser: argparse.ArgumentParser) -> None:
-    from .methods import list_methods
+def method_in_argv(argv: list[str]) -> str:
+    """The training method a ``train`` command line asks for: ``--method``, else its ``--config`` file's, else pgd."""
+    def value_of(flag: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+        return None
 
-    group = parser.add_argument_group("method parameters (each applies to the methods named)")
-    seen: dict[str, list[str]] = {}
-    helps: dict[str, str] = {}
-    for cls in list_methods():
-        for p in cls.params:
-            seen.setdefault(p.name, []).append(cls.name)
-            helps.setdefault(p.name, f"{p.help} (default {p.default})")
-    for name, owners in seen.items():
-        kwargs = dict(dest=f"mp__{name}", metavar="V", default=argparse.SUPPRESS,
-                      help=f"[{', '.join(owners)}] {helps[name]}")
-        group.add_argument("--" + name.replace("_", "-"), nargs="?", const="true", **kwargs)
+    method = value_of("--method")
+    if method is None and value_of("--config"):
+        try:
+            method = load_yaml(value_of("--config")).get("method")
+        except ConfigError:
+            method = None   # reported when the configuration is read
+    return str(method or TrainConfig().method)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_method_params(parser: argparse.ArgumentParser, method: str) -> None:
+    """``--name`` flags for the parameters of ``method`` only, with its own help texts and defaults."""
+    from .methods import get_method
+
+    try:
+        cls = get_method(method)
+    except ConfigError:
+        return    # an unknown --method is reported with the list of methods when the command runs
+    group = parser.add_argument_group(
+        f"parameters of method {cls.name} (another method's: fastrobust train --method NAME --help)",
+        textwrap.fill(cls.description, 100))
+    for p in cls.params:
+        choices = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ""
+        group.add_argument(p.flag, dest=f"mp__{p.name}", metavar=p.type.__name__.upper(), default=argparse.SUPPRESS,
+                           nargs="?" if p.type is bool else None, const="true" if p.type is bool else None,
+                           help=f"{p.help} (default {str(p.default).lower() if p.type is bool else p.default}{choices})"
+                           .replace("%", "%%"))
+
+
+def _refuse_other_methods_flags(unknown: list[str], method: str) -> None:
+    """A flag left over that is a parameter of another method: say whose it is and what ``method`` takes."""
+    from .methods import get_method, list_methods
+
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        owners = [cls.name for cls in list_methods() if any(p.flag == flag for p in cls.params)]
+        if owners:
+            own = ", ".join(p.flag for p in get_method(method).params) or "none"
+            raise ConfigError(f"{flag} is not a parameter of method {method} (it is one of {', '.join(owners)}); "
+                              f"{method}'s parameters: {own}")
+
+
+def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
+    """The command-line parser; ``train``'s method parameters are those of ``method``."""
     parser = argparse.ArgumentParser(prog="fastrobust", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastrobust {__version__}")
@@ -151,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, key, kwargs in TRAIN_OPTIONS:
         tr.add_argument(flag, dest=f"cfg__{key}", default=argparse.SUPPRESS, **kwargs)
-    _add_method_params(tr)
+    _add_method_params(tr, method)
 
     demo = sub.add_parser("demo", help="the main job on the shipped MNIST subset: train, evaluate, print a table",
                           description="Trains natural, FGSM-RS and PGD-AT models on the MNIST subset that ships inside the package "
@@ -179,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory (its best.pt) or a fastrobust .pt")
     ex.add_argument("--format", default="safetensors", choices=["safetensors"], help="output format (default safetensors)")
     ex.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/export)")
-    sub.add_parser("methods", help="list the training methods and their parameters")
+    me = sub.add_parser("methods", help="list the training methods and their parameters")
+    me.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default all)")
     sub.add_parser("models", help="list the model architectures and their options")
     sub.add_parser("datasets", help="list the data sets")
     return parser
@@ -221,7 +260,8 @@ def _add_eval_parser(sub) -> None:
                     help="comma-separated attacks (default clean,pgd20; see below)")
     ev.add_argument("--eps", type=_number("eps"), default=None, metavar="E",
                     help="radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default: the run's eps)")
-    ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
+    ev.add_argument("--norm", choices=["linf", "l2"], default=None, help="threat model (default: the run's, linf for "
+                    "runs before --norm existed); a norm other than the run's needs --eps")
     ev.add_argument("--test-subset", type=int, default=None, metavar="N",
                     help="evaluate on N test images, the same N as `train --test-subset N` (default: the run's test split)")
     ev.add_argument("--batch-size", type=int, default=500, metavar="N", help="examples per attacked batch (default 500)")
@@ -266,14 +306,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def cmd_methods() -> None:
-    from .methods import list_methods
+def cmd_methods(names: list[str] | None = None) -> None:
+    from .methods import get_method, list_methods
 
-    for cls in list_methods():
+    for cls in [get_method(n) for n in names] if names else list_methods():
         print(f"{cls.name}")
         print(textwrap.fill(cls.description, 88, initial_indent="    ", subsequent_indent="    "))
         for p in cls.params:
-            print(f"    {p.flag} ({p.type.__name__}, default {p.default}): {p.help}")
+            choices = f", one of {', '.join(map(str, p.choices))}" if p.choices else ""
+            print(f"    {p.flag} ({p.type.__name__}, default {p.default}{choices}): {p.help}")
         print()
 
 
@@ -300,9 +341,15 @@ def cmd_datasets() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        method = method_in_argv(argv)
+        parser = build_parser(method)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            if args.command == "train":
+                _refuse_other_methods_flags(unknown, method)
+            parser.parse_args(argv)   # argparse's own message and exit code 2
         if args.command == "train":
             from .engine import train
 
@@ -330,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
             print(load_instructions(folder, _json.loads((folder / "config.json").read_text())))
         elif args.command == "methods":
-            cmd_methods()
+            cmd_methods(args.names)
         elif args.command == "models":
             cmd_models()
         elif args.command == "datasets":

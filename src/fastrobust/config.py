@@ -63,7 +63,9 @@ class TrainConfig:
     lr_schedule: str = "multistep"
     lr_milestones: list | None = None   # epochs; default [0.5, 0.8] * epochs
     lr_gamma: float = 0.1
-    eps: float | None = None            # default from the dataset (MNIST 0.3, CIFAR 8/255)
+    lr_peak: float = 0.4                # cyclic: where the LR peaks, as a fraction of training (DEAT's FAST: 0.5)
+    norm: str = "linf"                  # threat model of training and evaluation: linf or l2
+    eps: float | None = None            # default from the dataset (L-inf: MNIST 0.3, CIFAR 8/255; L2: 2.0, 0.5)
     alpha: float | None = None          # default from the method and dataset
     eps_warmup: float = 0.0             # epochs over which eps (and alpha) ramp up linearly from 0
     method_params: dict = field(default_factory=dict)
@@ -137,6 +139,15 @@ def recipe_step(eps: float, steps: int, recipe_ratio: float) -> float:
     return min(eps, 2.5 * eps / steps)
 
 
+L2_EPS_SMALL, L2_EPS = 2.0, 0.5   # default L2 radii: 28x28 gray data (MNIST), other data (CIFAR)
+NORMS = ("linf", "l2")
+
+
+def recipe_ratio(norm: str, info) -> float:
+    """The data set recipe's alpha/eps for :func:`recipe_step`; L2 has no recipe, so 2.5 eps / K (Madry)."""
+    return info.alpha / info.eps if norm == "linf" else 0.0
+
+
 def _is_small(info) -> bool:
     return info.image_size[0] <= 28 and info.channels == 1
 
@@ -155,10 +166,13 @@ def resolve(cfg: TrainConfig, info, method_cls) -> TrainConfig:
         cfg.lr = 1e-3 if cfg.optimizer == "adam" else 0.05
     if cfg.weight_decay is None:
         cfg.weight_decay = 0.0 if cfg.optimizer == "adam" else 5e-4
-    cfg.eps = info.eps if cfg.eps is None else parse_number(cfg.eps, "eps")
+    if cfg.eps is None:
+        cfg.eps = info.eps if cfg.norm != "l2" else (L2_EPS_SMALL if small else L2_EPS)
+    else:
+        cfg.eps = parse_number(cfg.eps, "eps")
     cfg.method_params = method_cls.resolve_params(cfg.method_params)
     if cfg.alpha is None:
-        cfg.alpha = method_cls.default_alpha(cfg.eps, info.alpha / info.eps, cfg.method_params)
+        cfg.alpha = method_cls.default_alpha(cfg.eps, recipe_ratio(cfg.norm, info), cfg.method_params)
     else:
         cfg.alpha = parse_number(cfg.alpha, "alpha")
     if cfg.lr_schedule == "piecewise":
@@ -189,8 +203,11 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
     _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    _check(isinstance(cfg.lr_peak, (int, float)) and not isinstance(cfg.lr_peak, bool) and 0 < cfg.lr_peak < 1,
+           f"lr_peak must be a fraction of training strictly between 0 and 1 (e.g. 0.5), got {cfg.lr_peak!r}")
     _check(cfg.eps >= 0, f"eps must be >= 0 (an L-inf radius in [0,1] pixel units, e.g. 8/255 or 0.3), got {cfg.eps}")
-    _check(cfg.eps <= 1, f"eps must be <= 1 (pixels are in [0,1]), got {cfg.eps}")
+    _check(cfg.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
+    _check(cfg.norm != "linf" or cfg.eps <= 1, f"eps must be <= 1 for L-inf (pixels are in [0,1]), got {cfg.eps}")
     _check(cfg.alpha >= 0, f"alpha must be >= 0, got {cfg.alpha}")
     _check(cfg.eps_warmup <= cfg.epochs, f"eps_warmup ({cfg.eps_warmup}) must not exceed epochs ({cfg.epochs})")
     if cfg.lr_milestones is not None:

@@ -122,13 +122,11 @@ def _attack(
     # Forwarding only the active examples would change batch-norm statistics in train mode.
     sub_batch = early_stop and not any(m.training for m in model.modules())
     rows = slice(None)
-    if not early_stop:   # the plain loop: no masks, no indexed copies (the common training case)
-        if tm is THREAT_MODELS["linf"]:
-            return _linf_loop(model, x, y, delta, eps, alpha, steps, lf)
+    if not early_stop:   # the plain loop: no masks, no indexed copies (the common case)
         for _ in range(steps):
             grad, _ = _input_grad(model, x + delta, y, lf)
-            delta = tm.project(delta + alpha * tm.direction(grad), x, eps)
-        return (x + delta).clamp(0, 1)
+            delta = tm.step(delta, grad, alpha, x, eps)
+        return (x + delta).clamp_(0, 1)
     for _ in range(steps):
         if sub_batch:
             rows = active.nonzero().squeeze(1)
@@ -141,18 +139,6 @@ def _attack(
         step = tm.project(ds + alpha * tm.direction(grad), xs, eps)
         delta[rows] = torch.where(per_example(active[rows], ds), step, ds)
     return (x + delta).clamp(0, 1)
-
-
-def _linf_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, eps: float,
-               alpha: float, steps: int, lf: LossFn) -> torch.Tensor:
-    """The L-inf plain loop: bit for bit the iterates of ``project_linf(delta + alpha * sign(grad))``,
-    updated in place and with the pixel box's bounds ``[-x, 1 - x]`` computed once (attack steps
-    are most of adversarial training's time, and on small inputs these elementwise ops count)."""
-    lo, hi = -x, 1 - x
-    for _ in range(steps):
-        grad, _ = _input_grad(model, x + delta, y, lf)
-        delta = delta.add_(grad.sign_(), alpha=alpha).clamp_(-eps, eps).clamp_(lo, hi)
-    return (x + delta).clamp_(0, 1)
 
 
 def _input_grad(

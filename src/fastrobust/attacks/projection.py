@@ -69,8 +69,10 @@ def _l2_direction(grad: torch.Tensor) -> torch.Tensor:
 
 
 class ThreatModel(NamedTuple):
-    """The three norm-specific pieces of a first-order attack."""
+    """A threat model: the norm-specific pieces of a first-order attack, used by the training attacks
+    (``fastrobust.methods``) and by evaluation alike."""
 
+    name: str                                                                      # "linf" or "l2"
     start: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]  # unprojected random delta
     direction: Callable[[torch.Tensor], torch.Tensor]  # gradient -> unit-norm ascent direction
     project: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (delta, x, eps) -> feasible delta
@@ -79,10 +81,17 @@ class ThreatModel(NamedTuple):
         """A feasible random start: :attr:`start` followed by :attr:`project`."""
         return self.project(self.start(x, eps, generator), x, eps)
 
+    def step(self, delta: torch.Tensor, grad: torch.Tensor, alpha: float, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """One ascent step of size ``alpha`` along ``grad``, projected back (may reuse ``delta`` and ``grad``'s
+        memory: L-inf works in place, bit for bit ``project_linf(delta + alpha * sign(grad))``)."""
+        if self.name == "linf":
+            return delta.add_(grad.sign_(), alpha=alpha).clamp_(-eps, eps).clamp_(-x, 1 - x)
+        return self.project(delta + alpha * self.direction(grad), x, eps)
+
 
 THREAT_MODELS = {
-    "linf": ThreatModel(_linf_start, _linf_direction, project_linf),
-    "l2": ThreatModel(_l2_start, _l2_direction, project_l2),
+    "linf": ThreatModel("linf", _linf_start, _linf_direction, project_linf),
+    "l2": ThreatModel("l2", _l2_start, _l2_direction, project_l2),
 }
 
 

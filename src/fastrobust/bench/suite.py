@@ -39,7 +39,7 @@ from ..errors import ConfigError
 TOP_KEYS = ("name", "description", "reference", "common", "evaluation", "runs")
 EVAL_KEYS = ("attacks", "test_subset", "batch_size")
 # per-run keys: how a method is optimised may differ between runs; everything else is shared
-RUN_CONFIG_KEYS = ("alpha", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
+RUN_CONFIG_KEYS = ("alpha", "epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
                    "lr_gamma", "grad_clip")
 RUN_KEYS = ("method", "params", *RUN_CONFIG_KEYS)
 COMMON_KEYS = tuple(k for k in TrainConfig.keys() if k not in ("method", "method_params", "out"))

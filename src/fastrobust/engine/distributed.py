@@ -310,7 +310,7 @@ def global_batch_sizes(n: int, batch_size: int) -> list[int]:
 
 
 def evaluate_sharded(model: nn.Module, split, dist_: Dist, *, seed: int, tag: str, eps: float, steps: int,
-                     alpha: float, loss: str = "ce", batch_size: int = 500, device="cpu") -> dict:
+                     alpha: float, loss: str = "ce", batch_size: int = 500, device="cpu", norm: str = "linf") -> dict:
     """Clean and PGD accuracy of ``model`` on ``split``, shared out among the processes.
 
     The split is cut into chunks of ``batch_size`` examples; chunk c goes to
@@ -330,7 +330,7 @@ def evaluate_sharded(model: nn.Module, split, dist_: Dist, *, seed: int, tag: st
         part = split.subset(slice(chunk * batch_size, (chunk + 1) * batch_size))
         gen = torch.Generator(device=device).manual_seed(derived_seed(seed, tag, chunk))
         r = evaluate_split(model, part, eps=eps, steps=steps, alpha=alpha, loss=loss, batch_size=batch_size,
-                           device=device, generator=gen)
+                           device=device, generator=gen, norm=norm)
         counts += torch.tensor([round(r["clean_acc"] * r["n"]), round(r["robust_acc"] * r["n"])],
                                dtype=torch.float64, device=dist_.device)
     clean, robust = dist_.all_reduce_sum(counts).tolist()

@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import DEVICES, TrainConfig, load_yaml, recipe_step, resolve, save_yaml, validate
+from ..attacks import threat_model
+from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
@@ -257,7 +258,8 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     method_cls = get_method(cfg.method)
     method = method_cls(
         MethodContext(num_classes=info.num_classes, input_std=raw_model.input_std.to(device), epochs=cfg.epochs,
-                      batches_per_epoch=len(loader), all_reduce_sum=dist.all_reduce_sum),
+                      batches_per_epoch=len(loader), all_reduce_sum=dist.all_reduce_sum,
+                      threat=threat_model(cfg.norm), eps=cfg.eps, alpha=cfg.alpha, eps_warmup=cfg.eps_warmup),
         **cfg.method_params,
     )
 
@@ -317,7 +319,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     elif cfg.sync_bn:
         log.info("--sync-bn has no effect with one process")
 
-    val_alpha = recipe_step(cfg.eps, cfg.val_steps, info.alpha / info.eps)
+    val_alpha = recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info))
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     n_batches = len(loader)
     sizes = global_batch_sizes(len(prep.train), cfg.batch_size)
@@ -370,7 +372,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + epoch_cpu_seconds
 
         val = evaluate_sharded(raw_model, prep.val, dist, seed=cfg.seed, tag="val", eps=cfg.eps, steps=cfg.val_steps,
-                               alpha=val_alpha, loss="cw", batch_size=cfg.eval_batch_size, device=device)
+                               alpha=val_alpha, loss="cw", norm=cfg.norm, batch_size=cfg.eval_batch_size, device=device)
         record = {
             "epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
             "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -411,9 +413,9 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     # final test evaluation of the best checkpoint (read by the main process, sent to the others)
     dist.main_only(lambda: raw_model.load_state_dict(load_checkpoint(out / "best.pt")["model"]))
     dist.broadcast_module(raw_model)
-    test_alpha = recipe_step(cfg.eps, cfg.test_steps, info.alpha / info.eps)
+    test_alpha = recipe_step(cfg.eps, cfg.test_steps, recipe_ratio(cfg.norm, info))
     test = evaluate_sharded(raw_model, prep.test, dist, seed=cfg.seed, tag="test", eps=cfg.eps, steps=cfg.test_steps,
-                            alpha=test_alpha, loss="ce", batch_size=cfg.eval_batch_size, device=device)
+                            alpha=test_alpha, loss="ce", norm=cfg.norm, batch_size=cfg.eval_batch_size, device=device)
 
     def finish() -> dict:
         records = _read_metrics(out)
@@ -427,7 +429,9 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
             "last_val_robust_acc": records[-1].get("val_robust_acc"),
             "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
-            "test_attack": f"PGD-{cfg.test_steps} CE, eps {cfg.eps:.4g}, alpha {test_alpha:.4g}, 1 restart",
+            "norm": cfg.norm,
+            "test_attack": f"PGD-{cfg.test_steps} CE, {'L2' if cfg.norm == 'l2' else 'L-inf'} eps {cfg.eps:.4g}, "
+                           f"alpha {test_alpha:.4g}, 1 restart",
             "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
             "torch_version": torch.__version__, "fastrobust_version": __version__,
         }

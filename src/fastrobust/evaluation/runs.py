@@ -6,6 +6,7 @@ import json
 import numbers
 from pathlib import Path
 
+from ..config import recipe_ratio
 from ..errors import ConfigError, FastrobustError
 from .core import check_count, check_eps, check_norm, evaluate
 from .specs import parse_attacks
@@ -50,7 +51,7 @@ def evaluate_checkpoint(
     *,
     attacks=("clean", "pgd20"),
     eps=None,
-    norm: str = "linf",
+    norm: str | None = None,
     test_subset: int | None = None,
     batch_size: int = 500,
     device=None,
@@ -63,7 +64,7 @@ def evaluate_checkpoint(
     """Evaluate a run directory (its ``best.pt``) or a fastrobust checkpoint on the test split of
     the data set it was trained on, and write the result as JSON (see :func:`output_path`).
 
-    ``eps`` defaults to the run's (an L-inf radius; give one for ``norm="l2"``).
+    ``norm`` and ``eps`` default to the run's (give ``eps`` for a norm other than the run's).
     ``test_subset=N`` takes the same N test images as ``fastrobust train --test-subset N``
     (seeded by the run's seed); by default the run's own test split is used. PGD steps follow
     the data set's recipe (2/255 on CIFAR/SVHN, 0.01 on MNIST, or 2.5 eps/K for few steps).
@@ -75,7 +76,8 @@ def evaluate_checkpoint(
     from ..engine.trainer import pick_device
 
     names = parse_attacks(attacks)          # refuse bad input before loading anything
-    norm = check_norm(norm)
+    if norm is not None:
+        norm = check_norm(norm)
     check_count("batch_size", batch_size)
     if test_subset is not None and (isinstance(test_subset, bool) or not isinstance(test_subset, numbers.Integral)
                                     or test_subset < 1):
@@ -83,9 +85,12 @@ def evaluate_checkpoint(
     checkpoint, run_dir = _locate(Path(path))
     payload = load_checkpoint(checkpoint)
     config = _run_config(payload, run_dir)
+    run_norm = config.get("norm", "linf")
+    norm = norm or run_norm
     if eps is None:
-        if norm != "linf":
-            raise ConfigError("give eps for norm l2: the run's eps is an L-inf radius")
+        if norm != run_norm:
+            raise ConfigError(f"give --eps for norm {norm}: the run's eps ({config.get('eps')}) is an "
+                              f"{'L2' if run_norm == 'l2' else 'L-inf'} radius")
         eps = config.get("eps")
     eps = check_eps(eps, norm)
     target = output_path(path, out)
@@ -99,7 +104,7 @@ def evaluate_checkpoint(
         raise FastrobustError(f"{checkpoint}: the model in the checkpoint cannot be rebuilt ({type(exc).__name__}: "
                               f"{exc}); the file is damaged or from an incompatible fastrobust") from None
     result = evaluate(model, test.x, test.y, attacks=names, eps=eps, norm=norm, batch_size=batch_size, device=dev,
-                      seed=seed, progress=progress, alpha_ratio=data.info.alpha / data.info.eps, cascade=cascade)
+                      seed=seed, progress=progress, alpha_ratio=recipe_ratio(norm, data.info) or None, cascade=cascade)
     result = {"checkpoint": str(checkpoint), "dataset": config["dataset"], "test_subset": subset,
               "model": config.get("model"), "method": config.get("method"), "epoch": payload.get("epoch"), **result}
     atomic_write_text(target, json.dumps(result, indent=2) + "\n")

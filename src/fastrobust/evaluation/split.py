@@ -18,7 +18,8 @@ def to_float(x_uint8: torch.Tensor, device) -> torch.Tensor:
 
 
 def evaluate_split(model, split, *, eps: float, steps: int, alpha: float, loss: str = "ce",
-                   batch_size: int = 500, device="cpu", generator: torch.Generator | None = None) -> dict:
+                   batch_size: int = 500, device="cpu", generator: torch.Generator | None = None,
+                   norm: str = "linf") -> dict:
     """Clean and PGD-``steps`` accuracy (fractions) of ``model`` on ``split``.
 
     Runs in eval mode and restores the model's mode afterwards; eps = 0
@@ -36,7 +37,7 @@ def evaluate_split(model, split, *, eps: float, steps: int, alpha: float, loss: 
                 correct = (model(x).argmax(1) == y).sum().item()
             clean += correct
             if eps > 0:
-                x_adv = pgd(model, x, y, eps, steps=steps, alpha=alpha, loss=loss, generator=generator)
+                x_adv = pgd(model, x, y, eps, steps=steps, alpha=alpha, loss=loss, norm=norm, generator=generator)
                 with torch.no_grad():
                     correct = (model(x_adv).argmax(1) == y).sum().item()
             robust += correct

@@ -1,9 +1,11 @@
-"""Training methods, one small module per family, all behind :class:`Method`."""
+"""Training methods: an attack x a loss x a strength schedule, each named method one registration
+(``catalog.py``), all behind :class:`Method` (see docs/methods.md)."""
 
 from .base import (
     BACKWARD,
     FORWARD,
     Batch,
+    Component,
     Method,
     MethodContext,
     Param,
@@ -12,9 +14,10 @@ from .base import (
     list_methods,
     register_method,
 )
-from . import deat, fgsm_rs, free, gaat, mart, natural, pgd, trades  # noqa: F401  (register the methods)
+from .compose import Composed, Replay, define
+from . import catalog  # noqa: F401  (registers the named methods)
 
 __all__ = [
-    "BACKWARD", "FORWARD", "Batch", "Method", "MethodContext", "Param", "StepOutput",
-    "get_method", "list_methods", "register_method",
+    "BACKWARD", "FORWARD", "Batch", "Component", "Composed", "Method", "MethodContext", "Param", "Replay",
+    "StepOutput", "define", "get_method", "list_methods", "register_method",
 ]

@@ -1,4 +1,4 @@
-"""The one interface every training method implements.
+"""The one interface every training method implements (see docs/methods.md).
 
 A method turns a minibatch into optimisation: the engine calls
 :meth:`Method.train_batch` with the model (in train mode), the batch and a
@@ -14,12 +14,14 @@ nothing of checkpoints, logging, schedules or processes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import nn
 
+from ..attacks import THREAT_MODELS, ThreatModel
 from ..errors import ConfigError
 
 # Passes per example of each kind of work (METHODS.md): forward+backward = 1.
@@ -98,6 +100,10 @@ class MethodContext:
     epochs: int
     batches_per_epoch: int
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t   # across processes (identity on one)
+    threat: ThreatModel = THREAT_MODELS["linf"]   # the norm of every attack (random start, step, projection)
+    eps: float = 0.0                   # the run's full radius and step (a batch's may be smaller during warm-up)
+    alpha: float = 0.0
+    eps_warmup: float = 0.0            # epochs of the eps ramp (see --eps-warmup)
 
 
 class Method:
@@ -106,7 +112,6 @@ class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
-    uses_alpha: ClassVar[bool] = True
     #: which validation accuracy picks best.pt: "robust" (ties broken by clean) or "clean" (ties by robust)
     selects_by: ClassVar[str] = "robust"
 
@@ -153,6 +158,43 @@ class Method:
 
     def state_dict(self) -> dict:
         """Everything needed to resume the method exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Component:
+    """A part of a composed method (an attack, a loss or a schedule; see ``compose.py``).
+
+    A method's registration makes a template; :meth:`bind` gives each run its own
+    copy with the run's context and resolved parameter values (``self.v``). A part
+    declares the parameters it reads; it may keep per-epoch statistics (``state``)
+    and state that a resumed run needs (``state_dict``).
+    """
+
+    def params(self) -> tuple[Param, ...]:
+        return ()
+
+    def bind(self, ctx: MethodContext, values: dict) -> "Component":
+        run = copy.copy(self)
+        run.ctx, run.v = ctx, values
+        run.reset()
+        return run
+
+    def reset(self) -> None:
+        """Set up the run's own state (called by :meth:`bind`)."""
+
+    def check(self, eps: float, alpha: float, values: dict) -> None:
+        """Refuse parameter values that make no sense together (a :class:`ConfigError` naming the fix)."""
+
+    def end_epoch(self, epoch: int) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:

@@ -1,7 +1,7 @@
 """GAAT: adversarial training with gradient approximation (Gong et al. 2023), as fastrobust reconstructs it.
 
 Only the paper's abstract can be had, so this is fastrobust's own
-reconstruction from it (METHODS.md section 3), not the authors' algorithm.
+reconstruction from it (docs/methods.md, "GAAT"), not the authors' algorithm.
 
 For one example, l(delta) = CE(f(x + delta), y). PGD-K needs the true gradient
 g_k of l at each of its K iterates. GAAT keeps, per example, an *anchor*: the
@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks import preserved_mode, project_linf, random_start
-from .base import BACKWARD, FORWARD, Batch, Param, StepOutput, cross_entropy, register_method
-from .pgd import ATTACK_EVAL, PGDAT
+from ..attacks import THREAT_MODELS, ThreatModel, preserved_mode
+from .base import BACKWARD, FORWARD, Batch, Component, Param
+from .inputs import attack_eval_param
 
 RECONSTRUCTION = ("GAAT here is fastrobust's own reconstruction from the paper's abstract (the full text cannot be "
                   "had), not the authors' code.")
@@ -71,7 +71,7 @@ class AttackStats:
     true_grads: int = 0        # true input gradients paid for (the start included)
     checks: int = 0            # forwards that measured the remainder
     remainder_sum: float = 0.0  # sum of rho over the checks, each clipped at 1e6
-    passes: float = 0.0        # attack passes, METHODS.md units
+    passes: float = 0.0        # attack passes (forward 1/3, backward 2/3)
 
     def add(self, other: "AttackStats") -> None:
         for name in ("examples", "steps", "approximated", "true_grads", "checks", "remainder_sum", "passes"):
@@ -102,15 +102,19 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float,
                 check_every: int = 1, order: int = 1, eval_mode: bool = False,
-                generator: torch.Generator | None = None, check_graph: bool = True) -> tuple[torch.Tensor, AttackStats]:
-    """K-step L-inf attack on CE with approximated gradients; returns ``x_adv`` and what it cost.
+                generator: torch.Generator | None = None, check_graph: bool = True,
+                threat: ThreatModel = THREAT_MODELS["linf"]) -> tuple[torch.Tensor, AttackStats, torch.Tensor | None]:
+    """K-step attack on CE with approximated gradients in the ``threat`` model; returns ``x_adv``, what it
+    cost, and the (true or approximated) gradient of its last step (None for K = 0: the random start).
 
     ``check_graph=False`` runs the check forwards without an autograd graph (cheaper when few
     examples need a refresh); every refresh is then a sub-batch forward and backward."""
     x, y = x.detach(), y.detach()
     n = len(x)
     st = AttackStats(examples=n, steps=n * steps)
-    delta = random_start(x, eps, generator=generator)
+    delta = threat.random_delta(x, eps, generator)
+    if not steps:
+        return (x + delta).clamp(0, 1), st, None
     with preserved_mode(model, eval_mode), torch.enable_grad():
         loss_j, g_j = _losses_and_grads(model, x, delta, y)
         st.true_grads += n
@@ -119,7 +123,7 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
         curv = torch.zeros(n, device=x.device)          # order 2: secant curvature per example
         grad = g_j
         for k in range(1, steps + 1):
-            delta = project_linf(delta + alpha * grad.sign(), x, eps)
+            delta = threat.project(delta + alpha * threat.direction(grad), x, eps)
             if k == steps:
                 break
             s = delta - anchor
@@ -157,54 +161,46 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
                 anchor[refresh], g_j, loss_j = delta[refresh], g_j.clone(), loss_j.clone()
                 g_j[refresh], loss_j[refresh] = new_g, new_loss
             grad = g_j + _expand(curv, s) * (delta - anchor) if order == 2 else g_j
-    return (x + delta).clamp(0, 1), st
+    return (x + delta).clamp(0, 1), st, grad
 
 
-@register_method
-class GAAT(PGDAT):
-    name = "gaat"
-    description = ("GAAT (Gong et al. 2023), fastrobust's reconstruction from the abstract: PGD-K whose input "
-                   "gradient is the gradient of a first-order (or second-order) Taylor partial sum of the "
-                   "adversarial loss around the last true gradient; a forward every check_every steps measures the "
-                   "partial sum's relative remainder, and only examples whose remainder exceeds tau pay for a new "
-                   "true gradient. Cost 1 + 1/3 per check + the refreshes + 1 (weight step). " + RECONSTRUCTION)
-    params = (
-        Param("steps", int, 10, "K, the attack's step budget (as PGD-K)", minimum=1),
-        Param("tau", float, 0.3, "refresh an example's true gradient when the Taylor remainder, relative to the "
-              "predicted loss change, exceeds tau (0 with --check-every 1: exactly PGD-K)", minimum=0),
-        Param("check_every", int, 2, "measure the remainder (one forward) every this many steps", minimum=1),
-        Param("order", int, 1, "Taylor order of the partial sum: 1, or 2 (adds a secant Hessian-vector estimate)",
-              choices=(1, 2)),
-        Param("check_graph", bool, True, "keep the check forward's autograd graph, so that one backward can refresh "
-              "everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes are few), "
-              "every refresh a sub-batch forward and backward (the passes counted are the work done)"),
-        ATTACK_EVAL,
-    )
+class GAATAttack(Component):
+    """The training attack of GAAT and M+GAAT: :func:`gaat_attack` at the schedule's K, with its statistics."""
 
-    def __init__(self, ctx, **params):
-        super().__init__(ctx, **params)
-        self._epoch = AttackStats()
-        self._last: dict = {}
+    def params(self):
+        return (
+            Param("tau", float, 0.3, "refresh an example's true gradient when the Taylor remainder, relative to "
+                  "the predicted loss change, exceeds tau (0 with --check-every 1: exactly PGD-K)", minimum=0),
+            Param("check_every", int, 2, "measure the remainder (one forward) every this many steps", minimum=1),
+            Param("order", int, 1, "Taylor order of the partial sum: 1, or 2 (adds a secant Hessian-vector "
+                  "estimate)", choices=(1, 2)),
+            Param("check_graph", bool, True, "keep the check forward's autograd graph, so that one backward can "
+                  "refresh everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes "
+                  "are few), every refresh a sub-batch forward and backward (the passes counted are the work done)"),
+            attack_eval_param(False),
+        )
 
-    def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        x_adv, st = gaat_attack(model, batch.x, batch.y, batch.eps, batch.alpha, self.steps, self.tau,
-                                self.check_every, self.order, self.attack_eval, check_graph=self.check_graph)
-        self._epoch.add(st)
-        logits = model(x_adv)
-        loss = cross_entropy(logits, batch.y)
-        step(loss)
-        return StepOutput(loss.detach(), logits.detach(), passes=st.passes + len(batch.y))
+    def reset(self):
+        self.epoch, self.last = AttackStats(), {}
 
-    def on_epoch_end(self, epoch: int) -> None:
+    def __call__(self, model, batch: Batch, level: int, alpha: float):
+        v = self.v
+        x_adv, st, grad = gaat_attack(model, batch.x, batch.y, batch.eps, alpha, level, v["tau"], v["check_every"],
+                                      v["order"], v["attack_eval"], check_graph=v["check_graph"],
+                                      threat=self.ctx.threat)
+        self.epoch.add(st)
+        return x_adv, st.passes, None if grad is None else grad / len(batch.y)   # of the mean loss (M+)
+
+    def end_epoch(self, epoch: int) -> None:
         device = self.ctx.input_std.device
-        ex, steps, approx, true, checks, rem, passes = self.ctx.all_reduce_sum(self._epoch.as_tensor(device)).tolist()
-        self._last = {
+        ex, steps, approx, true, checks, rem, passes = self.ctx.all_reduce_sum(self.epoch.as_tensor(device)).tolist()
+        self.last = {
             "approx_share": approx / max(steps, 1),            # share of attack steps on an approximated gradient
             "mean_remainder": rem / max(checks, 1),           # mean rho over the checks
             "true_grads_per_example": true / max(ex, 1),
             "attack_passes_per_example": passes / max(ex, 1),
         }
-        self._epoch = AttackStats()
+        self.epoch = AttackStats()
 
     def state(self) -> dict:
-        return dict(self._last)
+        return dict(self.last)

@@ -1,59 +1,52 @@
-"""The M+ rule of DEAT (METHODS.md section 2) and the machinery of methods whose attack grows.
+"""M+ acceleration, DEAT's rule for growing an attack (docs/methods.md, "M+").
 
 The gradient magnitude of epoch t is
 
     MG_t = sum over the epoch's minibatches of sum |sigma (.) grad_x L|,
 
-where ``grad_x L`` is the input gradient of the minibatch's final training loss
-(DEAT: the last replay's; M+PGD/TRADES/MART: the weight step's loss w.r.t. the
-adversarial input), ``sigma`` the per-channel std of the model's input
-normalisation (``ctx.input_std``), so ``sigma * grad_x L`` is the gradient
-w.r.t. the normalised input, and ``L`` the minibatch MEAN loss. Each
-minibatch's term is therefore about independent of the batch size (B examples,
-each gradient scaled by 1/B), and MG_t grows linearly with the number of
-minibatches per epoch. Over several processes every process sums its own
-minibatches and the epoch's MG is their sum (``ctx.all_reduce_sum``), taken
-before the rule, so every process takes the same decision. The rule only
-compares MG_t with gamma times an earlier MG of the same run, so any constant
-scale (epoch length, world size) cancels out.
-
-The training pass already computes this gradient, so MG costs no extra pass.
-A minibatch whose gradient is not finite (an fp16 overflow, whose weight step
-the gradient scaler skips) adds nothing.
+where ``grad_x L`` is the input gradient of the LAST attack step of the minibatch
+(DEAT: the last replay's, which the weight step already computed; M+PGD, M+TRADES,
+M+MART, M+GAAT: the attack's last step), ``sigma`` the per-channel std of the
+model's input normalisation, so ``sigma * grad_x L`` is the gradient w.r.t. the
+normalised input, and ``L`` the minibatch MEAN loss. MG therefore costs no pass.
+The paper's code sums over every minibatch for M+DEAT and M+PGD, and keeps only
+the epoch's last minibatch for M+TRADES and M+MART (``mg_batches="last"``). Over
+several processes each sums its own minibatches and the epoch's MG is their sum,
+so every process takes the same decision; the rule compares MG only with gamma
+times an earlier MG of the same run, so any constant scale cancels out.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
 
 import torch
 
 from ..errors import ConfigError
-from .base import Batch, Param, StepOutput
+from .base import Param
+from .strength import Schedule, level_param
 
 
 class MPlusRule:
-    """M+: how the attack level (replays r or steps K) grows with the gradient magnitude.
+    """The level (K or r) starts at ``start``. After epoch 0 it rises by one; after epoch 1 the threshold
+    becomes ``gamma * MG_1``; after each later epoch, if (``MG_t > threshold`` and level < ``maximum``) or,
+    with ``floor``, the level's steps cannot yet cross the eps-ball (alpha * level < eps), the threshold becomes
+    ``gamma * MG_t`` and the level rises by one. The threshold moves only when the level moves; the level
+    never exceeds ``maximum``."""
 
-    The level starts at ``start``. After epoch 0 it rises by one unconditionally;
-    after epoch 1 the threshold becomes ``gamma * MG_1``; after each later epoch
-    t, if ``MG_t > threshold`` and the level is below ``maximum``, the threshold
-    becomes ``gamma * MG_t`` and the level rises by one (the threshold only moves
-    when the level moves). The level never exceeds ``maximum``.
-    """
-
-    def __init__(self, start: int, maximum: int, gamma: float) -> None:
-        self.maximum, self.gamma = maximum, gamma
+    def __init__(self, start: int, maximum: int, gamma: float, floor: bool = False) -> None:
+        self.maximum, self.gamma, self.floor = maximum, gamma, floor
         self.level = min(start, maximum)
         self.threshold: float | None = None
 
-    def update(self, epoch: int, mg: float) -> int:
-        """Apply the rule after epoch ``epoch`` (0-based) whose gradient magnitude was ``mg``; returns the new level."""
+    def update(self, epoch: int, mg: float, reaches: bool = True) -> int:
+        """Apply the rule after epoch ``epoch`` (0-based, counted from the first epoch at full eps) whose
+        gradient magnitude was ``mg``; ``reaches``: whether the current level's steps can cross the ball."""
         if epoch == 0:
             self.level = min(self.level + 1, self.maximum)
         elif epoch == 1:
             self.threshold = self.gamma * mg
-        elif mg > self.threshold and self.level < self.maximum:
+        elif self.level < self.maximum and (mg > self.threshold or (self.floor and not reaches)):
             self.threshold = self.gamma * mg
             self.level += 1
         return self.level
@@ -74,120 +67,86 @@ def grad_magnitude(grad: torch.Tensor, input_std: torch.Tensor) -> torch.Tensor:
     return (grad * sigma).abs().sum(dtype=torch.float64)
 
 
-class GrowingLevel:
-    """Mixin (before a :class:`Method` subclass) for methods whose attack level grows at epoch ends.
-
-    The level is DEAT's replay count r or an attack's step count K. The class it
-    is mixed into provides ``train_with(model, batch, step, level, alpha,
-    input_grad) -> (StepOutput, input gradient or None)``, which trains one
-    minibatch at that level. Subclasses give ``first_level``, ``grow`` (the level
-    after an epoch) and optionally ``observe`` (each minibatch's result) and
-    ``step_size`` (the attack step at a level). ``state()`` reports the level used
-    DURING the epoch just finished; ``state_dict`` saves the level to come.
-    """
-
-    level_name: ClassVar[str]              # how the level is reported and its parameters named: "r" or "K"
-    needs_input_grad: ClassVar[bool] = False
-
-    def __init__(self, ctx, **params) -> None:
-        super().__init__(ctx, **params)
-        self.level = self.epoch_level = self.first_level()
-
-    def first_level(self) -> int:
-        raise NotImplementedError
-
-    def grow(self, epoch: int) -> int:
-        """The level for epoch ``epoch + 1``, decided after epoch ``epoch`` on every process."""
-        raise NotImplementedError
-
-    def observe(self, batch: Batch, out: StepOutput, grad: torch.Tensor | None) -> None:
-        """See one minibatch's result (and input gradient, if ``needs_input_grad``)."""
-
-    def step_size(self, batch: Batch, level: int) -> float:
-        return batch.alpha
-
-    def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        out, grad = self.train_with(model, batch, step, self.level, self.step_size(batch, self.level),
-                                    input_grad=self.needs_input_grad)
-        self.observe(batch, out, grad)
-        return out
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epoch_level, self.level = self.level, self.grow(epoch)
-
-    def state(self) -> dict:
-        return {self.level_name: self.epoch_level}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "level": self.level}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.level = state["level"]
+STEP_RULES = ("constant", "eps-over-k")
 
 
-def mplus_params(level: str, start: int, maximum: int, minimum_start: int) -> tuple[Param, ...]:
-    """The M+ parameters of a method whose level is called ``level``: ``r_start, r_max`` or ``k_start, k_max``,
-    and ``gamma``."""
-    n = level.lower()
-    return (
-        Param(f"{n}_start", int, start, f"M+: {level} during the first epoch", minimum=minimum_start),
-        Param(f"{n}_max", int, maximum, f"M+: the largest {level}", minimum=max(minimum_start, 1)),
-        Param("gamma", float, 1.01, f"M+: raise {level} when the epoch's input-gradient magnitude exceeds the "
-              "threshold, gamma x its value after the second epoch or at the last raise", minimum=0.0),
-    )
+class MPlus(Schedule):
+    """The level follows :class:`MPlusRule` on MG. ``step_rule``: ``constant`` (the paper's code: step alpha
+    in every epoch, with the reach floor when ``floor``) or ``eps-over-k`` (a later, never-run rewrite of the
+    reference: step max(eps/K, alpha), which always reaches, so the floor never fires)."""
 
+    grows = True
 
-class MPlus(GrowingLevel):
-    """Mixin: the attack level follows :class:`MPlusRule` on the gradient magnitude (see the module docstring).
+    def __init__(self, level: str, start: int, maximum: int, gamma: float = 1.01, floor: bool = True,
+                 mg_batches: str = "all") -> None:
+        super().__init__(level=level)
+        self.defaults, self.floor, self.mg_batches = (start, maximum, gamma), floor, mg_batches
 
-    Parameters come from :func:`mplus_params`; at level L > 0 the attack step is
-    ``alpha_L = max(eps / L, alpha)``.
-    """
+    def params(self):
+        n, (start, maximum, gamma), lv = self.level_name.lower(), self.defaults, self.level_name
+        floor = (" and, with the constant step, while alpha x " + lv + " < eps (the reach floor)") if self.floor else ""
+        return (level_param(f"{n}_start", start, f"M+: {lv} during the first epoch", minimum=0 if lv == "K" else 1),
+                level_param(f"{n}_max", maximum, f"M+: the largest {lv}"),
+                Param("gamma", float, gamma, f"M+: raise {lv} when the epoch's input-gradient magnitude exceeds the "
+                      f"threshold, gamma x its value after the second epoch or at the last raise{floor}", minimum=0.0),
+                Param("step_rule", str, "constant", "M+: attack step per epoch: constant = alpha (the paper's code); "
+                      f"eps-over-k = max(eps/{lv}, alpha) (a later rewrite, never run by the paper)",
+                      choices=STEP_RULES))
 
-    needs_input_grad = True
-
-    def __init__(self, ctx, **params) -> None:
+    def reset(self):
         n = self.level_name.lower()
-        self.rule = MPlusRule(params[f"{n}_start"], params[f"{n}_max"], params["gamma"])
-        self.mg_sum = torch.zeros((), dtype=torch.float64, device=ctx.input_std.device)
-        self.epoch_mg: float | None = None
-        super().__init__(ctx, **params)
+        self.rule = MPlusRule(self.v[f"{n}_start"], self.v[f"{n}_max"], self.v["gamma"], self.floor)
+        self.mg_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.input_std.device)
+        self.epoch_mg = None
+        super().reset()
 
-    @classmethod
-    def max_steps(cls, params: dict) -> int:
-        return params[f"{cls.level_name.lower()}_max"]
+    def first_level(self):
+        return min(self.v[f"{self.level_name.lower()}_start"], self.v[f"{self.level_name.lower()}_max"])
 
-    @classmethod
-    def check_config(cls, eps, alpha, params):
-        super().check_config(eps, alpha, params)
-        n = cls.level_name.lower()
-        if params[f"{n}_start"] > params[f"{n}_max"]:
-            raise ConfigError(f"method {cls.name}: {n}_start ({params[f'{n}_start']}) must not exceed "
-                              f"{n}_max ({params[f'{n}_max']})")
+    def max_level(self, values):
+        return values[f"{self.level_name.lower()}_max"]
 
-    def first_level(self) -> int:
-        return self.rule.level
+    def check(self, eps, alpha, values):
+        n = self.level_name.lower()
+        if values[f"{n}_start"] > values[f"{n}_max"]:
+            raise ConfigError(f"{n}_start ({values[f'{n}_start']}) must not exceed {n}_max ({values[f'{n}_max']})")
+        if self.floor and values["step_rule"] == "constant" and alpha * values[f"{n}_max"] < eps * (1 - 1e-9):
+            raise ConfigError(f"alpha x {n}_max = {alpha * values[f'{n}_max']:.4g} is below eps ({eps:.4g}): "
+                              f"{values[f'{n}_max']} steps of size alpha cannot cross the eps-ball and the reach "
+                              f"floor would pass {n}_max; raise --{n}-max or --alpha (or leave --alpha unset)")
 
-    def step_size(self, batch: Batch, level: int) -> float:
-        return max(batch.eps / level, batch.alpha) if level else batch.alpha
+    def _step(self, eps: float, alpha: float, level: int) -> float:
+        return max(eps / level, alpha) if self.v["step_rule"] == "eps-over-k" and level else alpha
 
-    def observe(self, batch, out, grad) -> None:
+    def step_size(self, batch, level):
+        return self._step(batch.eps, batch.alpha, level)
+
+    def observe(self, batch, out, grad):
+        if grad is None:           # level 0: no attack step, nothing to measure
+            return
         mg = grad_magnitude(grad, self.ctx.input_std)
-        self.mg_sum += torch.where(mg.isfinite(), mg, 0.0)   # an fp16 overflow (step skipped by the scaler) adds 0
+        mg = torch.where(mg.isfinite(), mg, 0.0)   # an fp16 overflow (step skipped by the scaler) adds 0
+        if self.mg_batches == "last":
+            self.mg_sum.copy_(mg)
+        else:
+            self.mg_sum += mg
 
-    def grow(self, epoch: int) -> int:
+    def grow(self, epoch):
         self.epoch_mg = float(self.ctx.all_reduce_sum(self.mg_sum).item())
         self.mg_sum = torch.zeros_like(self.mg_sum)
-        return self.rule.update(epoch, self.epoch_mg)
+        rule_epoch = epoch - math.ceil(self.ctx.eps_warmup)   # epochs 0 and 1 of the rule: the first at full eps
+        if rule_epoch < 0:
+            return self.rule.level
+        eps, alpha, level = self.ctx.eps, self.ctx.alpha, self.rule.level
+        return self.rule.update(rule_epoch, self.epoch_mg, reaches=self._step(eps, alpha, level) * level >= eps * (1 - 1e-9))
 
-    def state(self) -> dict:
+    def state(self):
         """The level used during the epoch, the epoch's MG and the threshold after this epoch's decision."""
         return {**super().state(), "grad_magnitude": self.epoch_mg, "threshold": self.rule.threshold}
 
-    def state_dict(self) -> dict:
+    def state_dict(self):
         return {**super().state_dict(), "mplus": self.rule.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state):
         super().load_state_dict(state)
         self.rule.load_state_dict(state["mplus"])

@@ -1,0 +1,168 @@
+"""Methods by composition: a training method = an attack x a loss x a strength schedule.
+
+:func:`define` registers a named method from its three parts (``inputs.py``,
+``losses.py``, ``strength.py`` / ``mplus.py``); ``catalog.py`` holds every
+registration. The parts' parameters become the method's (``--name`` flags and
+YAML keys), each with the registration's default. The engine sees a
+:class:`Method` like any other, and the pass accounting is the parts' own:
+attack passes + the loss's passes per example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import ClassVar
+
+import torch
+
+from ..config import recipe_step
+from ..errors import ConfigError
+from .base import Batch, Component, Method, Param, StepOutput, cross_entropy, register_method
+from .losses import CE
+from .strength import Schedule
+
+
+class Composed(Method):
+    """attack -> loss -> one weight step; the schedule sets the attack's level and step, and sees the
+    attack's last input gradient (M+)."""
+
+    attack: ClassVar[Component]
+    loss: ClassVar[Component]
+    schedule: ClassVar[Schedule]
+    alpha_rule: ClassVar[str | float] = "recipe"   # default alpha: the recipe step for the schedule's largest K,
+    #                                                or this factor times eps
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.parts = {key: getattr(type(self), key).bind(ctx, params) for key in ("attack", "loss", "schedule")}
+        self.attack_, self.loss_, self.schedule_ = self.parts.values()
+
+    @classmethod
+    def default_alpha(cls, eps, recipe_ratio, params):
+        if cls.alpha_rule == "recipe":
+            return recipe_step(eps, max(cls.schedule.max_level(params), 1), recipe_ratio)
+        return cls.alpha_rule * eps
+
+    @classmethod
+    def check_config(cls, eps, alpha, params):
+        if cls.alpha_rule == "recipe" and alpha > eps:
+            raise ConfigError(f"method {cls.name}: alpha ({alpha:.4g}) must not exceed eps ({eps:.4g}); a usual "
+                              "choice is eps/4 (CIFAR 2/255 at 8/255)")
+        try:
+            for key in ("attack", "loss", "schedule"):
+                getattr(cls, key).check(eps, alpha, params)
+        except ConfigError as exc:
+            raise ConfigError(f"method {cls.name}: {exc}") from None
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        level = self.schedule_.level
+        x_adv, passes, grad = self.attack_(model, batch, level, self.schedule_.step_size(batch, level))
+        loss, logits, per_example = self.loss_(model, batch.x, x_adv, batch.y)
+        step(loss)
+        out = StepOutput(loss.detach(), logits.detach(), passes=passes + per_example * len(batch.y))
+        self.schedule_.observe(batch, out, grad)
+        return out
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for part in self.parts.values():
+            part.end_epoch(epoch)
+
+    def state(self) -> dict:
+        return {k: v for part in self.parts.values() for k, v in part.state().items()}
+
+    def state_dict(self) -> dict:
+        return {key: part.state_dict() for key, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.parts):
+            raise ConfigError(f"method {self.name}: the checkpoint's method state was written by another version of "
+                              "fastrobust; finish the run with that version or start a new one")
+        for key, part in self.parts.items():
+            part.load_state_dict(state[key])
+
+
+class ReplayStart(Component):
+    """Where a replay method's perturbation starts: a fresh random point of the eps-ball at each minibatch
+    (``uniform``), or zero at first and then carried across minibatches and epochs (``carry``, Free-AT: row i
+    continues from row i of the last minibatch; a larger batch is padded with zeros)."""
+
+    def __init__(self, start: str = "uniform") -> None:
+        self.start = start
+
+    def params(self):
+        return (Param("start", str, self.start, "delta at each minibatch: uniform = a fresh random start in the "
+                      "eps-ball (DEAT's reference, and Free-m in DEAT's table); carry = zero at first, then "
+                      "carried across minibatches and epochs (Shafahi et al.'s Free)", choices=("uniform", "carry")),)
+
+    def reset(self):
+        self.delta = None
+
+    def __call__(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        tm = self.ctx.threat
+        if self.v["start"] == "uniform":
+            return tm.random_delta(x, eps)
+        if self.delta is None or self.delta.shape[1:] != x.shape[1:]:
+            self.delta = torch.zeros_like(x)
+        self.delta = self.delta.to(device=x.device, dtype=x.dtype)
+        if len(self.delta) < len(x):
+            self.delta = torch.cat([self.delta, self.delta.new_zeros((len(x) - len(self.delta), *x.shape[1:]))])
+        return tm.project(self.delta[:len(x)].clone(), x, eps)   # feasible for this x and the current eps
+
+    def keep(self, delta: torch.Tensor) -> None:
+        if self.v["start"] == "carry":
+            self.delta[:len(delta)] = delta.detach()
+
+    def state_dict(self):
+        return {"delta": None if self.delta is None else self.delta.detach().cpu()}
+
+    def load_state_dict(self, state):
+        self.delta = state["delta"]
+
+
+class Replay(Composed):
+    """Free-AT-style replay: the minibatch is trained r times (r = the schedule's level); each replay is ONE
+    forward/backward giving the weight step and the input gradient, then delta steps by alpha. Cost r.
+
+    Its own ``train_batch`` because the weight steps happen inside the attack loop: replays cannot be written
+    as an attack followed by a loss. With r = 1 the delta step comes after the only weight step, so the weights
+    see the start point only."""
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
+        r = self.schedule_.level
+        alpha = self.schedule_.step_size(batch, r)
+        delta = self.attack_(x, eps)
+        for _ in range(r):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            loss = cross_entropy(logits, y)
+            grad = step(loss, wrt=delta)
+            delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
+        self.attack_.keep(delta)
+        out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
+        self.schedule_.observe(batch, out, grad)
+        return out
+
+
+def define(name: str, description: str, *, attack: Component, schedule: Schedule, loss: Component = CE(),
+           alpha: str | float = "recipe", defaults: dict | None = None, selects_by: str = "robust",
+           base: type[Composed] = Composed) -> type[Method]:
+    """Register method ``name`` composed of ``attack``, ``loss`` and ``schedule``.
+
+    ``alpha``: the default attack step, ``"recipe"`` (the data set's recipe step for the schedule's largest K,
+    and alpha <= eps is enforced) or a factor of eps. ``defaults`` overrides the parts' parameter defaults.
+    """
+    params: dict[str, Param] = {}
+    for part in (schedule, attack, loss):
+        for p in part.params():
+            if p.name in params:
+                raise ValueError(f"method {name}: two parts both define the parameter {p.name!r}")
+            params[p.name] = p
+    for key, value in (defaults or {}).items():
+        params[key] = dataclasses.replace(params[key], default=value)
+    cls_name = re.sub(r"\W", "", name.title()) + "Method"
+    cls = type(cls_name, (base,), dict(name=name, description=description, params=tuple(params.values()),
+                                       attack=attack, loss=loss, schedule=schedule, alpha_rule=alpha,
+                                       selects_by=selects_by, __module__=__name__))
+    return register_method(cls)

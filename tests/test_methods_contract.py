@@ -1,0 +1,96 @@
+"""The contract every registered method keeps with the engine, checked for each one (as timm tests every
+registered model): a method added later is covered here without editing this file."""
+
+import copy
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from fastrobust.methods import Batch, list_methods
+from helpers import EPS, ForwardCounter, make_method, synthetic
+
+METHODS = [cls.name for cls in list_methods()]
+# small attacks, so that every method runs quickly (a method uses those of its parameters it has)
+SMALL = {"steps": 3, "k_min": 1, "k_max": 3, "replays": 2, "r_max": 3, "d": 1, "gamma": 0.5, "p": 0.0}
+
+
+def small(name):
+    names = {p.name for p in make_method(name)[1].params}
+    return {k: v for k, v in SMALL.items() if k in names}
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_reported_passes_equal_the_work_counted(name, norm):
+    """Passes reported = forwards x 1/3 + backwards x 2/3, counted on the model, batch by batch over
+    3 epochs (so that growing methods are checked at several levels)."""
+    model, method, step, _ = make_method(name, norm=norm, **small(name))
+    fwd, bwd = ForwardCounter(model), ForwardCounter(model, backward=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # full backward hooks on inputs that need no gradient
+        for epoch in range(3):
+            for b in range(2):
+                before = fwd.examples / 3 + 2 * bwd.examples / 3
+                x, y = synthetic(24, seed=b)
+                out = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step)
+                assert out.passes == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3 - before), (epoch, b)
+                assert out.logits.shape == (24, 3) and out.loss.ndim == 0 and not out.loss.requires_grad
+            method.on_epoch_end(epoch)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_decreases_on_a_small_batch(name):
+    model, method, step, _ = make_method(name, **small(name))
+    x, y = synthetic(96)
+    losses = []
+    for epoch in range(6):
+        losses += [method.train_batch(model, Batch(x, y, 0.05, 0.0125), step).loss.item() for _ in range(5)]
+        method.on_epoch_end(epoch)
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_resumes_exactly(name):
+    """Stop after 2 epochs, rebuild the method from its state_dict (with the same weights, optimizer and RNG):
+    the next 2 epochs give the same losses, logged states and weights, bit for bit."""
+    model, method, step, _ = make_method(name, **small(name))
+    from helpers import run_epochs
+
+    run_epochs(model, method, step, 2)
+    saved = copy.deepcopy({"method": method.state_dict(), "model": model.state_dict(),
+                           "opt": method.opt.state_dict(), "rng": torch.get_rng_state()})
+    go_on = run_epochs(model, method, step, 2, first=2)
+    weights = copy.deepcopy(model.state_dict())
+
+    model2, fresh, step2, _ = make_method(name, seed=1, **small(name))
+    model2.load_state_dict(saved["model"])
+    fresh.opt.load_state_dict(saved["opt"])
+    fresh.load_state_dict(copy.deepcopy(saved["method"]))
+    torch.set_rng_state(saved["rng"])
+    assert run_epochs(model2, fresh, step2, 2, first=2) == go_on
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_help_lists_the_methods_own_parameters(name):
+    """`fastrobust train --method NAME --help` shows each of the method's parameters with its own default,
+    and no parameter that only other methods have."""
+    cls = make_method(name)[1]
+    out = subprocess.run([sys.executable, "-m", "fastrobust", "train", "--method", name, "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    section = out.split(f"parameters of method {name}", 1)[1].split("examples:", 1)[0]
+    entries, flag = {}, None      # option lines start with "  --flag"; their help continues on indented lines
+    for line in section.splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0]
+            entries[flag] = line
+        elif flag and line.startswith("    "):
+            entries[flag] += " " + line
+    entries = {f: " ".join(t.split()) for f, t in entries.items()}
+    assert set(entries) == {p.flag for p in cls.params}     # its own parameters, and no other method's
+    for p in cls.params:
+        default = str(p.default).lower() if p.type is bool else str(p.default)
+        assert " ".join(p.help.split())[:40] in entries[p.flag] and f"(default {default}" in entries[p.flag]
