@@ -83,3 +83,25 @@ def test_floats_off_the_8bit_grid_are_rounded_with_a_warning():
     with pytest.warns(UserWarning, match="stored as 8-bit pixels"):
         split = to_split((x, torch.arange(10) % 2), "data")
     assert (split.x.float() / 255 - x).abs().max() <= 0.5 / 255 + 1e-7
+
+
+def test_torchrun_two_processes_with_user_model_and_data(tmp_path):
+    pytest.importorskip("torch.distributed")
+    import os
+    from pathlib import Path
+
+    from test_distributed import output, torchrun
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["-m", "fastrobust", "train", "--dataset", "user_data:make_data", "--model", "user_nets:make_net",
+            "--method", "pgd", "--steps", "2", "--eps", "0.1", "--epochs", "1", "--val-size", "40", "--batch-size",
+            "50", "--val-steps", "2", "--test-steps", "2", "--no-progress", "--out", "two"]
+    path = os.pathsep.join([str(root / "src"), str(root / "tests")])
+    proc = torchrun(args, tmp_path, PYTHONPATH=path)
+    assert proc.returncode == 0, output(proc)[-4000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    one = train(TrainConfig(dataset="user_data:make_data", model="user_nets:make_net", method="pgd",
+                            method_params={"steps": 2}, eps=0.1, epochs=1, val_size=40, batch_size=50, val_steps=2,
+                            test_steps=2, out=str(tmp_path / "one")), progress=False, echo=lambda s: None)
+    assert two["world_size"] == 2 and two["test_examples"] == one["test_examples"] == 60
+    assert two["passes_per_example"] == one["passes_per_example"] == 3.0
