@@ -3,11 +3,15 @@
 __version__ = "0.1.0"
 
 
-def load_model(path, device="cpu"):
-    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint or run directory."""
+def load_model(path, device="cpu", model=None):
+    """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint, a run
+    directory or a folder written by ``fastrobust export``.
+
+    ``model``: a module (built as in the run) to load the weights into, instead of rebuilding it.
+    """
     from .engine.checkpoint import load_model as _load
 
-    return _load(path, device)
+    return _load(path, device, model)
 
 
 def train(cfg, **kwargs):
@@ -17,4 +21,12 @@ def train(cfg, **kwargs):
     return _train(cfg, **kwargs)
 
 
-__all__ = ["__version__", "load_model", "train"]
+def fit(model, train_data, **kwargs):
+    """Adversarially train your ``model`` (any nn.Module) on ``train_data`` (a Dataset, a DataLoader or
+    ``(x, y)`` tensors); writes a run folder and returns its summary. See :func:`fastrobust.fitting.fit`."""
+    from .fitting import fit as _fit
+
+    return _fit(model, train_data, **kwargs)
+
+
+__all__ = ["__version__", "fit", "load_model", "train"]

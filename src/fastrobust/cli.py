@@ -27,6 +27,7 @@ Commands:
   eval      robust accuracy of a run or checkpoint: PGD, CW, AutoAttack, Square, masking checks
   bench     train and evaluate a suite of methods side by side: table, CSV, cost/robustness plots
   report    the benchmark table and plots from existing run directories
+  export    a run's model as model.safetensors + config.json, loadable with plain torch
 
 Cost is counted in passes per example (one forward+backward of one example = 1;
 forward-only work 1/3, backward-only 2/3) and in training-loop seconds.
@@ -62,6 +63,18 @@ def _milestones(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"lr milestones: expected comma-separated epochs like 25,40, got {text!r}") from None
 
 
+def _normalize(text: str):
+    text = text.strip()
+    if text in ("dataset", "none"):
+        return text
+    try:
+        mean, std = text.split("/")
+        return [[float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--normalize: expected dataset, none or MEAN/STD with one value per channel "
+                                         f"(e.g. 0.49,0.48,0.45/0.25,0.24,0.26), got {text!r}") from None
+
+
 def _model_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--model-opt: expected KEY=VALUE (e.g. width=16), got {text!r}")
@@ -78,9 +91,10 @@ def _model_opt(text: str) -> tuple[str, Any]:
 # (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
 TRAIN_OPTIONS = [
     ("--method", "method", dict(metavar="NAME", help="training method (default pgd; see `fastrobust methods`)")),
-    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder")),
+    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder, or your own as package.module:factory (see `fastrobust datasets`)")),
     ("--data-dir", "data_dir", dict(metavar="DIR", help="folder holding the data set files (default $FASTROBUST_DATA or ~/.cache/fastrobust); for imagefolder, the folder with train/ and test/")),
-    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`)")),
+    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`), or your own as package.module:factory")),
+    ("--normalize", "normalize", dict(type=_normalize, metavar="MEAN/STD", help="input normalisation inside the model: 'dataset' (the data set's mean/std; the default for built-in models), 'none' (the default for --model package.module:factory), or per-channel values like 0.49,0.48,0.45/0.25,0.24,0.26")),
     ("--model-opt", "model_options", dict(metavar="KEY=VALUE", type=_model_opt, action="append", help="a model option, repeatable, e.g. --model-opt width=16")),
     ("--epochs", "epochs", dict(type=int, metavar="N", help="number of epochs (default 10)")),
     ("--batch-size", "batch_size", dict(type=int, metavar="N", help="global minibatch size (default 100 for MNIST-like data, 128 otherwise)")),
@@ -110,6 +124,7 @@ TRAIN_OPTIONS = [
     ("--compile", "compile", dict(action="store_true", help="torch.compile the model")),
     ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
     ("--sync-bn", "sync_bn", dict(action="store_true", help="under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global minibatch (default: each process normalises with its shard's statistics; running statistics are averaged over the processes after every step)")),
+    ("--log", "log", dict(type=lambda t: [n.strip() for n in t.split(",") if n.strip()], metavar="LOGGER", help="also log each epoch's metrics to: tensorboard (into RUN/tensorboard; needs pip install \"fastrobust[tensorboard]\")")),
     ("--dist-timeout", "dist_timeout", dict(type=float, metavar="SECONDS", help="under torchrun: how long a process waits for the others before the job stops with an error (default 1800)")),
 ]
 
@@ -207,6 +222,14 @@ def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
 
     add_bench_parsers(sub)
     _add_eval_parser(sub)
+    ex = sub.add_parser("export", help="a run's model as model.safetensors + config.json, loadable with plain torch",
+                        description="Write the run's best model as model.safetensors (the network's weights) and "
+                                    "config.json (model spec, input size and normalisation, eps, threat model, clean/"
+                                    "robust/AutoAttack accuracy from eval.json or summary.json, a RobustBench-like "
+                                    "model_info), and print how to load it. Needs pip install \"fastrobust[export]\".")
+    ex.add_argument("run", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory (its best.pt) or a fastrobust .pt")
+    ex.add_argument("--format", default="safetensors", choices=["safetensors"], help="output format (default safetensors)")
+    ex.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/export)")
     me = sub.add_parser("methods", help="list the training methods and their parameters")
     me.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default all)")
     sub.add_parser("models", help="list the model architectures and their options")
@@ -322,20 +345,25 @@ def cmd_methods(names: list[str] | None = None) -> None:
 
 
 def cmd_models() -> None:
-    from .models import list_models
+    from .models import FACTORY_HELP, list_models
 
     for entry in list_models():
         opts = ", ".join(f"{k}={v}" for k, v in entry.options.items()) or "none"
         print(f"{entry.name:18s} {entry.description}\n{'':18s} options: {opts}")
+    print()
+    print(FACTORY_HELP)
 
 
 def cmd_datasets() -> None:
     from .data import DATASETS, default_data_dir
+    from .data.user import FACTORY_HELP as DATA_FACTORY_HELP
 
     print(f"default data dir: {default_data_dir()} (override with --data-dir or $FASTROBUST_DATA)")
     for name, info in sorted(DATASETS.items()):
         print(f"{name:14s} {info.num_classes:4d} classes, {info.channels}x{info.image_size[0]}x{info.image_size[1]}, default eps {info.eps:.4g}")
     print(f"{'imagefolder':14s} your own images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., pass --data-dir DIR")
+    print()
+    print(DATA_FACTORY_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             run_command(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "export":
+            import json as _json
+
+            from .export import export_run, load_instructions
+
+            folder = export_run(args.run, args.format, args.out)
+            print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
+            print(load_instructions(folder, _json.loads((folder / "config.json").read_text())))
         elif args.command == "methods":
             cmd_methods(args.names)
         elif args.command == "models":

@@ -52,6 +52,8 @@ class TrainConfig:
     data_dir: str | None = None
     model: str | None = None            # default: mnist-cnn for 28x28 data, preact-resnet18 otherwise
     model_options: dict = field(default_factory=dict)
+    normalize: str | list | None = None  # input normalisation: None (built-in models: the data set's; a user's
+                                         # package.module:factory model: none), "dataset", "none" or [mean, std]
     epochs: int = 10
     batch_size: int | None = None       # default: 100 for MNIST-like data, 128 otherwise
     optimizer: str | None = None        # default: adam for MNIST-like data, sgd otherwise
@@ -82,6 +84,7 @@ class TrainConfig:
     grad_clip: float | None = None
     sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
     dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
+    log: list = field(default_factory=list)  # loggers besides metrics.jsonl: "tensorboard" (in RUN/tensorboard)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -201,11 +201,11 @@ def check_runs(suite: Suite, **overrides: Any) -> None:
 
     for run in suite.runs:
         cfg = suite.train_config(run, **overrides)
-        if cfg.dataset not in list_datasets():
+        if cfg.dataset not in list_datasets() and ":" not in cfg.dataset:   # or a package.module:factory
             raise ConfigError(f"suite {suite.source}: unknown dataset {cfg.dataset!r}; choose one of "
                               f"{', '.join(list_datasets())}")
         info = DATASETS.get(cfg.dataset)
-        if info is None:   # an image folder: checked when its data is loaded
+        if info is None:   # an image folder or a user's factory: checked when its data is loaded
             continue
         method_cls = get_method(run.method)
         try:

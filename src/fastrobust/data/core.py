@@ -66,11 +66,13 @@ class Split:
 
 @dataclass
 class Data:
-    """A loaded data set: its info and its training and test splits."""
+    """A loaded data set: its info and its training and test splits (and a validation split given
+    with the data, which the engine then uses instead of holding one out of ``train``)."""
 
     info: DatasetInfo
     train: Split
     test: Split
+    val: Split | None = None
 
 
 def _seeded_permutation(n: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from . import cifar, idx, imagefolder, svhn
+from ..factories import is_factory_ref
+from . import cifar, idx, imagefolder, svhn, user
 from . import download as downloader
 from .core import Data, DatasetInfo, Split
 from .files import default_data_dir
@@ -110,8 +111,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
 
     ``data_dir`` defaults to :func:`default_data_dir` (``imagefolder`` requires
     it). ``download=None`` downloads unless ``FASTROBUST_NO_DOWNLOAD=1``.
-    ``mnist-subset`` ships with the package and ignores both.
+    ``mnist-subset`` ships with the package and ignores both. A ``package.module:factory``
+    name calls the user's data factory (see :mod:`fastrobust.data.user`).
     """
+    if is_factory_ref(name):
+        return user.load_factory(name, None if data_dir is None else str(data_dir))
     key = _canonical(name)
     if key == "imagefolder":
         if data_dir is None:

@@ -20,10 +20,13 @@ from typing import Any
 
 import torch
 
-from ..errors import FastrobustError
+from ..errors import ConfigError, FastrobustError
 
 FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
+#: an exported model (``fastrobust export``): a folder of these two files
+EXPORT_FORMAT = "fastrobust-export"
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
 
 
 class WriteError(FastrobustError, OSError):
@@ -108,6 +111,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def require_safetensors():
+    """The ``safetensors.torch`` module, or a FastrobustError saying how to install it."""
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise FastrobustError('exported models are stored with safetensors, which is not installed: '
+                              'pip install "fastrobust[export]" (or pip install safetensors)') from None
+    return st
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     _atomic_write(path, lambda fh: torch.save(payload, fh))
@@ -136,10 +153,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def model_spec(name: str, info, options: dict) -> dict:
-    """Everything needed to rebuild a model: saved in every checkpoint."""
+def model_spec(name: str, info, options: dict, normalize=None) -> dict:
+    """Everything needed to rebuild a model: saved in every checkpoint.
+
+    The input normalisation is the data set's for a built-in model and none (pixels in [0, 1]) for a
+    user's ``package.module:factory`` model; ``normalize`` overrides it: ``"dataset"`` (the data
+    set's statistics) or ``(mean, std)`` with one value per channel.
+    """
+    mean, std = normalization(name, info, normalize)
     return dict(name=name, num_classes=info.num_classes, in_channels=info.channels, image_size=list(info.image_size),
-                mean=list(info.mean), std=list(info.std), options=dict(options))
+                mean=mean, std=std, options=dict(options))
+
+
+def normalization(name: str, info, normalize=None) -> tuple[list[float], list[float]]:
+    """The (mean, std) a model of ``name`` on data ``info`` gets (see :func:`model_spec`)."""
+    from ..factories import is_factory_ref
+
+    if normalize is None:
+        normalize = None if is_factory_ref(name) else "dataset"
+    if normalize == "dataset":
+        return list(info.mean), list(info.std)
+    if normalize is None or normalize == "none":
+        return [0.0] * info.channels, [1.0] * info.channels
+    try:
+        mean, std = ([float(v) for v in part] for part in normalize)
+    except (TypeError, ValueError):
+        raise ConfigError(f"normalize must be 'dataset', 'none' or (mean, std) with one value per channel each, "
+                          f"got {normalize!r}") from None
+    if len(mean) != info.channels or len(std) != info.channels or not all(s > 0 for s in std):
+        raise ConfigError(f"normalize: mean and std need {info.channels} value(s) each (one per channel), std > 0; "
+                          f"got {mean} and {std}")
+    return mean, std
 
 
 def build_model(spec: dict):
@@ -151,17 +195,84 @@ def build_model(spec: dict):
                         **spec["options"])
 
 
-def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint, weights loaded, in eval mode."""
-    model = build_model(payload["model_spec"])
-    model.load_state_dict(payload["model"])
+def check_model(spec: dict) -> None:
+    """Build the model of ``spec`` (without memory where possible) and refuse it, before any training,
+    if it cannot be built or its output on a dummy batch is not ``(N, num_classes)``."""
+    from ..models import check_output
+
+    check_output(lambda: build_model(spec), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
+
+
+def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", model=None):
+    """Rebuild the model of a checkpoint, weights loaded, in eval mode.
+
+    ``model``: a module to load the weights into instead of rebuilding it (the bare network the
+    run trained, or a fastrobust ``Classifier``); it is wrapped with the run's input normalisation.
+    """
+    from ..factories import is_factory_ref
+    from ..models import Classifier
+
+    spec = payload["model_spec"]
+    if model is None:
+        try:
+            model = build_model(spec)
+        except ConfigError as exc:
+            if not is_factory_ref(spec["name"]):
+                raise
+            raise ConfigError(f"the model of this run cannot be rebuilt here: {exc}. Make {spec['name']} importable "
+                              f"(PYTHONPATH), or pass the module: fastrobust.load_model(path, model=YourNet(...))") from None
+    elif not isinstance(model, Classifier):
+        model = Classifier(model, spec["mean"], spec["std"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise FastrobustError(f"the weights of this run do not fit the given model ({str(exc).splitlines()[0]}); "
+                              f"pass a module built as in the run (its model: {spec['name']} with options "
+                              f"{spec['options']})") from None
     return model.to(device).eval()
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
     """Load a trained model from a checkpoint or run directory (``best.pt`` first).
 
     The model is in eval mode, takes [0,1] images (normalisation is its first
     layer) and returns logits, so any third-party attack can be run on it.
+    ``model``: load the weights into this module instead of rebuilding the run's
+    (see :func:`model_from_checkpoint`).
     """
-    return model_from_checkpoint(load_checkpoint(path), device)
+    if is_exported(path):
+        return load_exported(path, device, model)
+    return model_from_checkpoint(load_checkpoint(path), device, model)
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``fastrobust export``."""
+    path = Path(path)
+    return path.is_dir() and (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file()
+
+
+def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
+    """The model of an exported folder (see :func:`load_model`)."""
+    import json
+
+    path = Path(path)
+    try:
+        config = json.loads((path / EXPORT_CONFIG).read_text())
+        m, inp = config["model"], config["input"]
+        if config.get("format") != EXPORT_FORMAT:
+            raise KeyError("format")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FastrobustError(f"{path / EXPORT_CONFIG} is not the config.json of a `fastrobust export` ({exc})") from None
+    try:
+        weights = require_safetensors().load_file(str(path / EXPORT_WEIGHTS))
+    except FastrobustError:
+        raise
+    except Exception as exc:
+        raise FastrobustError(f"{path / EXPORT_WEIGHTS} cannot be read ({type(exc).__name__}: {exc})") from None
+    spec = dict(name=m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"], image_size=m["image_size"],
+                mean=inp["mean"], std=inp["std"], options=m["options"])
+    state = {"net." + k: v for k, v in weights.items()}
+    from ..models import Normalize
+
+    state.update({f"normalize.{k}": v for k, v in Normalize(spec["mean"], spec["std"]).state_dict().items()})
+    return model_from_checkpoint({"model_spec": spec, "model": state}, device, model)

@@ -30,9 +30,11 @@ from ..attacks import threat_model
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
 from ..errors import ConfigError, FastrobustError
+from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
-from .checkpoint import (atomic_write_text, build_model, load_checkpoint, model_spec, remove_temporary_files,
-                         save_checkpoint, write_error)
+from . import callbacks as _callbacks
+from .checkpoint import (atomic_write_text, build_model, check_model, load_checkpoint, model_spec,
+                         remove_temporary_files, save_checkpoint, write_error)
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
                           init_from_env, is_peer_loss, shard_weight)
 from .lock import RunLock
@@ -55,8 +57,9 @@ def _sync(device: torch.device) -> None:
 class RunLog:
     """Writes human lines to stdout and ``train.log``, and metrics to ``metrics.jsonl`` (main process only)."""
 
-    def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print):
+    def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print, callbacks=()):
         self.out, self.enabled, self.echo = out, enabled, echo
+        self.callbacks = list(callbacks) if enabled else []   # see .callbacks: called in the main process
 
     def info(self, line: str) -> None:
         if self.enabled:
@@ -71,6 +74,10 @@ class RunLog:
     def metrics(self, record: dict) -> None:
         if self.enabled:   # standard JSON: a NaN or infinite number is written as null
             self._append("metrics.jsonl", json.dumps(finite_json(record), allow_nan=False) + "\n")
+            _callbacks.call(self.callbacks, "on_epoch_end", dict(record))
+
+    def checkpoint(self, path: Path) -> None:
+        _callbacks.call(self.callbacks, "on_checkpoint", path)
 
     def _append(self, name: str, text: str) -> None:
         try:
@@ -114,14 +121,15 @@ def prepare(cfg: TrainConfig) -> Prepared:
     Every check that needs no data runs before the data is loaded.
     """
     method_cls = get_method(cfg.method)
-    if cfg.dataset not in DATASETS and cfg.dataset != "imagefolder":
+    if cfg.dataset not in DATASETS and cfg.dataset != "imagefolder" and not is_factory_ref(cfg.dataset):
         raise ConfigError(f"unknown dataset {cfg.dataset!r}. Available: {', '.join(sorted([*DATASETS, 'imagefolder']))}")
     known_info = DATASETS.get(cfg.dataset)
     if known_info is not None:
         _resolve_and_check(cfg, known_info, method_cls)
     data = load_dataset(cfg.dataset, cfg.data_dir)
     resolved = _resolve_and_check(cfg, data.info, method_cls)
-    train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed)
+    train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed) if data.val is None \
+        else (data.train, data.val)   # a validation split given with the data
     notes = []
     # a subset larger than the split: the whole split, and config.yaml records the real number
     for key, split, what in (("train_subset", train, "training examples left after the validation split"),
@@ -142,8 +150,9 @@ def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
     resolved = resolve(cfg, info, method_cls)
     validate(resolved)
     method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
-    with torch.device("meta"):   # build the model without memory to refuse unknown names/options now
-        build_model(model_spec(resolved.model, info, resolved.model_options))
+    # build the model (without memory where possible) to refuse unknown names/options and a wrong output now
+    check_model(model_spec(resolved.model, info, resolved.model_options, resolved.normalize))
+    _callbacks.check_loggers(resolved.log)
     return resolved
 
 
@@ -155,8 +164,11 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
-          echo: Callable[[str], None] = print, given: set[str] | None = None) -> dict:
+          echo: Callable[[str], None] = print, given: set[str] | None = None, callbacks=()) -> dict:
     """Run one training job to the end and return its summary (also written to ``summary.json``).
+
+    ``callbacks``: objects with ``on_epoch_end(record)``, ``on_checkpoint(path)`` and/or
+    ``on_train_end(summary)`` methods (see :mod:`.callbacks`), called in the main process.
 
     Under ``torchrun`` every process calls this with the same arguments; together
     they train one model with DistributedDataParallel (see :mod:`.distributed`),
@@ -182,7 +194,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     locks: list[RunLock] = []   # the run folder's lock, held by the main process
     try:
         dist.agree(lambda: _raise(setup_error))
-        summary = _train(cfg, out, dist, device, resume, progress, echo, locks)
+        summary = _train(cfg, out, dist, device, resume, progress, echo, locks, _callbacks.check_callbacks(callbacks))
         failed = False
         return summary
     except BaseException as exc:
@@ -299,7 +311,7 @@ def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared
 
 
 def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
-           progress: bool | None, echo: Callable[[str], None], locks: list) -> dict:
+           progress: bool | None, echo: Callable[[str], None], locks: list, user_callbacks=()) -> dict:
     prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
     out, notes = dist.on_main(lambda: _claim_out(cfg, out, resume, locks))
@@ -307,14 +319,14 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
     # resuming a folder that holds no checkpoint yet (stopped in its first epoch): start from epoch 0
     resume = resume and dist.on_main(lambda: (out / "last.pt").is_file())
     dist.main_only(lambda: save_yaml(cfg, out / "config.yaml"))
-    log = RunLog(out, dist.is_main, echo)
+    log = RunLog(out, dist.is_main, echo, _callbacks.build(cfg.log, out, user_callbacks) if dist.is_main else ())
     for line in notes + prep.notes:
         log.info(line)
     torch.manual_seed(cfg.seed + dist.rank)
 
     loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
                           crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
-    spec = model_spec(cfg.model, info, cfg.model_options)
+    spec = model_spec(cfg.model, info, cfg.model_options, cfg.normalize)
     model = build_model(spec).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -495,8 +507,10 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                               "method": method.state_dict(), "state": dict(state),
                                               "rng": _rng_state(device), **extra})
+            log.checkpoint(out / "last.pt")
             if improved:
                 save_checkpoint(out / "best.pt", payload)
+                log.checkpoint(out / "best.pt")
 
         dist.main_only(save)
 
@@ -529,6 +543,7 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
         log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
                  f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
                  f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
+        _callbacks.call(log.callbacks, "on_train_end", summary)
         return summary
 
     return dist.on_main(finish)
@@ -621,7 +636,7 @@ def _read_metrics(out: Path) -> list[dict]:
 
 
 # keys that may differ when resuming (they do not change the result)
-_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout"}
+_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log"}
 
 
 def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None) -> TrainConfig:

@@ -7,6 +7,6 @@ torch.Size([2, 10])
 
 from fastrobust.models import cnn, resnet, vgg, wrn  # noqa: F401  (registers the built-in models)
 from fastrobust.models.layers import Classifier, Normalize
-from fastrobust.models.registry import ModelEntry, create_model, list_models, register_model
+from fastrobust.models.registry import FACTORY_HELP, ModelEntry, check_output, create_model, list_models, register_model
 
-__all__ = ["Classifier", "ModelEntry", "Normalize", "create_model", "list_models", "register_model"]
+__all__ = ["FACTORY_HELP", "Classifier", "check_output", "ModelEntry", "Normalize", "create_model", "list_models", "register_model"]

@@ -1,0 +1,105 @@
+"""``fastrobust.fit``: adversarially train your own model on your own data.
+
+The model and the data are handed to the same engine as ``fastrobust train``:
+the data is converted into the in-memory splits (:mod:`fastrobust.data.user`)
+and the model stands in, within this process, for a ``package.module:callable``
+reference (:func:`fastrobust.factories.bind`). The run folder records that
+reference (the model's class when another process can import it), so
+``fastrobust.load_model(run_dir)`` rebuilds the model elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from .config import TrainConfig
+from .errors import ConfigError, DataError
+from .factories import bind, ref_of_class
+
+#: the reference a run of :func:`fit` records for its data: given from Python, not stored
+DATA_REF = "fastrobust.fitting:data"
+#: recorded for a model whose class another process cannot import (defined in __main__ or in a function)
+UNIMPORTABLE_MODEL_REF = "fastrobust.fitting:unimportable_model"
+
+_NOT_CONFIG = {"model", "dataset", "data_dir", "method_params", "model_options", "normalize", "out", "epochs", "method",
+               "eps", "batch_size", "optimizer", "lr"}
+
+
+def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str | None = None, epochs: int = 10,
+        out: str | None = None, val_data=None, test_data=None, batch_size: int | None = None,
+        optimizer: str | None = None, lr: float | None = None, method_params: dict | None = None,
+        callbacks: Sequence[Any] = (), normalize=None, model_options: dict | None = None,
+        num_classes: int | None = None, classes: Sequence[str] = (), crop_pad: int = 0, flip: bool = False,
+        resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
+        **options: Any) -> dict:
+    """Adversarially train ``model`` on ``train_data``; writes the run folder ``out`` and returns its summary.
+
+    ``model``: any ``torch.nn.Module`` mapping float images (N, C, H, W) in [0, 1] to logits (N, classes);
+    it is trained in place (it holds the best checkpoint's weights at the end). ``normalize=(mean, std)``
+    (or ``"dataset"``) wraps a model that expects normalised input. ``model_options``: the keyword
+    arguments its class takes, recorded so that ``load_model(out)`` can rebuild it in a new process.
+
+    ``train_data``, ``val_data``, ``test_data``: a torch Dataset of (image, label) pairs (tensor, numpy or PIL
+    images), a DataLoader, or a pair of tensors ``(x, y)``; pixels in [0, 1] (floats) or 0..255 (uint8).
+    They are held in memory as 8-bit pixels. Without ``val_data`` a held-out split of ``val_size``
+    examples is taken from ``train_data``; without ``test_data`` the run has no test evaluation.
+    ``num_classes`` defaults to the largest label + 1; ``crop_pad``/``flip``: training augmentation.
+
+    Every option of ``fastrobust train`` is accepted by the same name (``alpha``, ``val_size``, ``seed``,
+    ``lr_schedule``, ``device``, ``amp``, ...); ``callbacks`` as in :func:`fastrobust.train`.
+    ``resume=True`` continues the run in ``out`` (give the same model and data).
+    """
+    from .data.user import make_data, to_split
+    from .engine import train
+    from .models import Classifier
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fit: model must be a torch.nn.Module, got a {type(model).__name__}")
+    bad = sorted(set(options) & _NOT_CONFIG)
+    unknown = sorted(set(options) - set(TrainConfig.keys()))
+    if bad or unknown:
+        raise ConfigError(f"fit: unknown argument(s) {', '.join(bad + unknown)}; fit takes the options of "
+                          f"`fastrobust train` by name: {', '.join(sorted(set(TrainConfig.keys()) - _NOT_CONFIG))}")
+    if isinstance(model, Classifier):   # a fastrobust model: train its network, keep its normalisation
+        if normalize is None:
+            normalize = [model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()]
+        model = model.net
+    if normalize is not None and not isinstance(normalize, str):
+        normalize = [[float(v) for v in part] for part in normalize]
+    model = model.cpu()
+    ref = ref_of_class(model)
+    model_options = dict(model_options or {})
+    if ref is None:
+        ref = UNIMPORTABLE_MODEL_REF
+        model_options = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+    train_split = to_split(train_data, "fit: train_data")
+    val_split = None if val_data is None else to_split(val_data, "fit: val_data")
+    test_split = None if test_data is None else to_split(test_data, "fit: test_data")
+    facts = dict(num_classes=num_classes, classes=tuple(classes), crop_pad=crop_pad, flip=flip)
+    data = make_data("fit", train_split, test_split, val_split, **facts)
+    if val_split is not None:
+        options["val_size"] = len(val_split)   # recorded; the given split is used as it is
+    cfg = TrainConfig(method=method, dataset=DATA_REF, model=ref, model_options=model_options, normalize=normalize,
+                      epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, eps=eps,
+                      method_params=dict(method_params or {}), out=None if out is None else str(out))
+    cfg.update(options, "fit")
+    with bind(ref, lambda **_: model), bind(DATA_REF, lambda **_: data):
+        return train(cfg, resume=resume, progress=progress, echo=echo, callbacks=callbacks)
+
+
+def data(**_: Any):
+    """What :data:`DATA_REF` names outside a :func:`fit` call: the data is not stored with the run."""
+    raise DataError("this run was trained with fastrobust.fit on data given from Python, which is not stored with "
+                    "the run; evaluate it with fastrobust.evaluation.evaluate(fastrobust.load_model(run_dir), x, y, "
+                    "eps=...) on your test data")
+
+
+def unimportable_model(**options: Any):
+    """What :data:`UNIMPORTABLE_MODEL_REF` names: the class of a :func:`fit` model no other process can import."""
+    raise ConfigError(f"the model class {options.get('class', '?')} was defined where another process cannot import "
+                      f"it (in __main__ or inside a function); move it into an importable module, or build it "
+                      f"yourself and pass it")
