@@ -37,6 +37,26 @@ class Composed(Method):
         super().__init__(ctx, **params)
         self.parts = {key: getattr(type(self), key).bind(ctx, params) for key in ("attack", "loss", "schedule")}
         self.attack_, self.loss_, self.schedule_ = self.parts.values()
+        self.boost = 0      # extra steps or replays added by the engine's collapse guard (strengthen)
+
+    def level_and_step(self, batch: Batch) -> tuple[int, float]:
+        """The attack's level in force (the schedule's, plus the guard's boost) and its step. A fixed level
+        that is boosted keeps its reach: the step shrinks by level / (level + boost)."""
+        base = self.schedule_.level
+        level = base + self.boost if base else base
+        step = self.schedule_.step_size(batch, level)
+        if self.boost and base and not self.schedule_.grows:
+            step *= base / level
+        return level, step
+
+    def strengthen(self) -> str | None:
+        base = self.schedule_.level
+        if (not base and not self.schedule_.grows) or not getattr(self.attack_, "uses_level", True):
+            return None               # no attack (natural training), or one whose strength is not a level
+        self.boost += 1
+        what = "replays" if self.schedule_.level_name == "r" else "attack steps"
+        return (f"{what} +{self.boost} for the rest of the run" +
+                ("" if self.schedule_.grows else f" (step x {base}/{base + self.boost}, the same reach)"))
 
     @classmethod
     def default_alpha(cls, eps, recipe_ratio, params):
@@ -56,8 +76,8 @@ class Composed(Method):
             raise ConfigError(f"method {cls.name}: {exc}") from None
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        level = self.schedule_.level
-        x_adv, passes, grad = self.attack_(model, batch, level, self.schedule_.step_size(batch, level))
+        level, alpha = self.level_and_step(batch)
+        x_adv, passes, grad = self.attack_(model, batch, level, alpha)
         loss, logits, per_example = self.loss_(model, batch.x, x_adv, batch.y)
         step(loss)
         out = StepOutput(loss.detach(), logits.detach(), passes=passes + per_example * len(batch.y))
@@ -69,17 +89,19 @@ class Composed(Method):
             part.end_epoch(epoch)
 
     def state(self) -> dict:
-        return {k: v for part in self.parts.values() for k, v in part.state().items()}
+        state = {k: v for part in self.parts.values() for k, v in part.state().items()}
+        return {**state, "guard_boost": self.boost} if self.boost else state
 
     def state_dict(self) -> dict:
-        return {key: part.state_dict() for key, part in self.parts.items()}
+        return {**{key: part.state_dict() for key, part in self.parts.items()}, "boost": self.boost}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state) != set(self.parts):
+        if not set(self.parts) <= set(state):
             raise ConfigError(f"method {self.name}: the checkpoint's method state was written by another version of "
                               "fastrobust; finish the run with that version or start a new one")
         for key, part in self.parts.items():
             part.load_state_dict(state[key])
+        self.boost = state.get("boost", 0)
 
 
 class ReplayStart(Component):
@@ -130,8 +152,7 @@ class Replay(Composed):
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
-        r = self.schedule_.level
-        alpha = self.schedule_.step_size(batch, r)
+        r, alpha = self.level_and_step(batch)
         delta = self.attack_(x, eps)
         for _ in range(r):
             delta.requires_grad_(True)
