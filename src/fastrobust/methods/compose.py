@@ -142,37 +142,37 @@ class ReplayStart(Component):
         self.delta = state["delta"]
 
 
-class Replay(Composed):
-    """Free-AT-style replay: the minibatch is trained r times (r = the schedule's level); each replay is ONE
-    forward/backward giving the weight step and the input gradient, then delta steps by alpha. Cost r.
+def replay_minibatch(self: Composed, model, batch: Batch, step) -> StepOutput:
+    """Free-AT-style replay, the minibatch step of Free and DEAT (``define(..., minibatch=replay_minibatch)``):
+    the minibatch is trained r times (r = the schedule's level); each replay is ONE forward/backward giving the
+    weight step and the input gradient, then delta steps by alpha. Cost r.
 
-    Its own ``train_batch`` because the weight steps happen inside the attack loop: replays cannot be written
-    as an attack followed by a loss. With r = 1 the delta step comes after the only weight step, so the weights
-    see the start point only."""
-
-    def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
-        r, alpha = self.level_and_step(batch)
-        delta = self.attack_(x, eps)
-        for _ in range(r):
-            delta.requires_grad_(True)
-            logits = model(x + delta)
-            loss = cross_entropy(logits, y)
-            grad = step(loss, wrt=delta)
-            delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
-        self.attack_.keep(delta)
-        out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
-        self.schedule_.observe(batch, out, grad)
-        return out
+    A minibatch step of its own because the weight steps happen inside the attack loop: replays cannot be
+    written as an attack followed by a loss. With r = 1 the delta step comes after the only weight step, so
+    the weights see the start point only."""
+    x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
+    r, alpha = self.level_and_step(batch)
+    delta = self.attack_(x, eps)
+    for _ in range(r):
+        delta.requires_grad_(True)
+        logits = model(x + delta)
+        loss = cross_entropy(logits, y)
+        grad = step(loss, wrt=delta)
+        delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
+    self.attack_.keep(delta)
+    out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
+    self.schedule_.observe(batch, out, grad)
+    return out
 
 
 def define(name: str, description: str, *, attack: Component, schedule: Schedule, loss: Component = CE(),
            alpha: str | float = "recipe", defaults: dict | None = None, selects_by: str = "robust",
-           base: type[Composed] = Composed) -> type[Method]:
+           minibatch=None) -> type[Method]:
     """Register method ``name`` composed of ``attack``, ``loss`` and ``schedule``.
 
     ``alpha``: the default attack step, ``"recipe"`` (the data set's recipe step for the schedule's largest K,
     and alpha <= eps is enforced) or a factor of eps. ``defaults`` overrides the parts' parameter defaults.
+    ``minibatch``: a minibatch step other than attack -> loss -> weight step (:func:`replay_minibatch`).
     """
     params: dict[str, Param] = {}
     for part in (schedule, attack, loss):
@@ -183,7 +183,9 @@ def define(name: str, description: str, *, attack: Component, schedule: Schedule
     for key, value in (defaults or {}).items():
         params[key] = dataclasses.replace(params[key], default=value)
     cls_name = re.sub(r"\W", "", name.title()) + "Method"
-    cls = type(cls_name, (base,), dict(name=name, description=description, params=tuple(params.values()),
-                                       attack=attack, loss=loss, schedule=schedule, alpha_rule=alpha,
-                                       selects_by=selects_by, __module__=__name__))
+    attrs = dict(name=name, description=description, params=tuple(params.values()), attack=attack, loss=loss,
+                 schedule=schedule, alpha_rule=alpha, selects_by=selects_by, __module__=__name__)
+    if minibatch is not None:
+        attrs["train_batch"] = minibatch
+    cls = type(cls_name, (Composed,), attrs)
     return register_method(cls)
