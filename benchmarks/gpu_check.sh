@@ -102,21 +102,19 @@ EOF
 else
     die "$DATA is not an image folder (train/, test/), a folder of the CIFAR-10 pickles or a .tar.gz archive"
 fi
-if [ -n "$FOLDER" ]; then
-    N_IMAGES=$(find "$FOLDER/train" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | wc -l)
-else
-    N_IMAGES=50000
-fi
 VAL=${SIZE[1]}
-N_TRAIN=$((N_IMAGES - VAL))
-# decode (and cache) the image folder once, outside the timed runs
-"$PYTHON" - "${DATASET[@]}" <<'EOF'
+# decode (and cache) the data once, outside the timed runs; its number of training images sets N_TRAIN
+N_IMAGES=$("$PYTHON" - "${DATASET[@]}" <<'EOF'
 import sys
 from fastrobust.data import load_dataset
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 data = load_dataset(args["--dataset"], args["--data-dir"], progress=False)
-print(f"data: {args['--dataset']} {args['--data-dir']}: {len(data.train.y)} training and {len(data.test.y)} test images")
+print(f"data: {args['--dataset']} {args['--data-dir']}: {len(data.train.y)} training and {len(data.test.y)} test "
+      f"images", file=sys.stderr)
+print(len(data.train.y))
 EOF
+) || die "cannot load the data set (${DATASET[*]})"
+N_TRAIN=$((N_IMAGES - VAL))
 
 COMMON=(--epochs 1 --device "$DEVICE" --amp bf16 --channels-last --no-progress "${SIZE[@]}" "${DATASET[@]}")
 RESULTS="$WORK/results.tsv"
