@@ -1,0 +1,71 @@
+"""The collapse mark and the guard (--guard) through the engine. The validation accuracies are scripted
+(a real collapse on the shipped subset is not deterministic enough to test), everything else is real."""
+
+import json
+
+import pytest
+import torch
+
+from fastrobust.cli import main
+from fastrobust.engine import load_checkpoint
+import fastrobust.engine.trainer as trainer
+
+ROBUST = [0.30, 0.60, 0.05, 0.50, 0.55]     # epoch 3 collapses (below half of 0.60, 55 points under it)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    real = trainer._validate
+    calls = []
+
+    def validate(run):
+        val = real(run)
+        calls.append(1)
+        return {**val, "robust_acc": ROBUST[len(calls) - 1]}
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+    return calls
+
+
+def run(tmp_path, *extra):
+    out = tmp_path / "run"
+    code = main(["train", "--method", "fgsm-rs", "--epochs", "5", "--train-subset", "300", "--val-size", "50",
+                 "--test-subset", "50", "--val-steps", "2", "--test-steps", "2", "--lr-schedule", "constant",
+                 "--no-progress", "--out", str(out), *extra])
+    assert code == 0
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, metrics, json.loads((out / "summary.json").read_text())
+
+
+def test_without_the_guard_a_collapse_is_marked(tmp_path, scripted):
+    out, metrics, summary = run(tmp_path)
+    assert summary["collapsed"] is True and summary["collapsed_epoch"] == 3 and summary["guard_events"] == []
+    assert not any("guard" in m for m in metrics) and summary["best_epoch"] == 2
+    assert summary["passes_per_example"] == pytest.approx(5 * 2)
+
+
+def test_the_guard_restores_the_best_state_and_strengthens_the_attack(tmp_path, scripted):
+    out, metrics, summary = run(tmp_path, "--guard")
+    event = metrics[2]["guard"]
+    assert event["epoch"] == 3 and event["restored_epoch"] == 2 and "attack steps +1" in event["change"]
+    assert "guard:" in (out / "train.log").read_text()
+    # after the collapse the attack takes 2 steps: 3 passes per example instead of 2, all counted
+    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 3, 3]
+    assert metrics[3]["guard_boost"] == 1
+    assert summary["collapsed"] is True and summary["guard_events"] == [event]
+    assert summary["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 2   # 0.60 stays the best
+
+
+def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monkeypatch):
+    """At the collapse the weights are those of the best epoch (checked on last.pt written at that epoch)."""
+    saved = {}
+    real_save = trainer._save_checkpoints
+
+    def save(run, record, improved):
+        real_save(run, record, improved)
+        saved[record["epoch"]] = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
+
+    monkeypatch.setattr(trainer, "_save_checkpoints", save)
+    run(tmp_path, "--guard")
+    assert all(torch.equal(saved[3][k], saved[2][k]) for k in saved[2])      # epoch 3 ended on epoch 2's weights
+    assert not all(torch.equal(saved[4][k], saved[2][k]) for k in saved[2])  # and training went on from there
