@@ -29,6 +29,7 @@ from .. import __version__
 from ..attacks import threat_model
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
+from ..data.stream import StreamLoader, lazy
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
@@ -117,7 +118,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     known_info = DATASETS.get(cfg.dataset)
     if known_info is not None:
         _resolve_and_check(cfg, known_info, method_cls)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = load_dataset(cfg.dataset, cfg.data_dir, stream=cfg.stream)
     resolved = _resolve_and_check(cfg, data.info, method_cls)
     train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed) if data.val is None \
         else (data.train, data.val)   # a validation split given with the data
@@ -431,10 +432,14 @@ def _setup_run(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.dev
 
 
 def _make_loader(prep: Prepared, dist: Dist, device: torch.device):
-    """The training minibatches of this process: the whole split held on the device."""
+    """The training minibatches of this process: the whole split held on the device, or with --stream read
+    by a DataLoader's workers (the same minibatches: see :mod:`fastrobust.data.stream`)."""
     cfg, info = prep.cfg, prep.info
-    return DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
-                        crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
+    common = dict(shuffle=True, device=device, seed=cfg.seed, crop_pad=info.crop_pad, flip=info.flip,
+                  rank=dist.rank, world_size=dist.world_size)
+    if cfg.stream:
+        return StreamLoader(lazy(prep.train), cfg.batch_size, workers=cfg.workers, **common)
+    return DeviceLoader(prep.train, cfg.batch_size, **common)
 
 
 def _restore(run: Run) -> None:
@@ -773,7 +778,7 @@ def _read_metrics(out: Path) -> list[dict]:
 
 
 # keys that may differ when resuming (they do not change the result)
-_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log"}
+_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log", "workers"}
 
 
 def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None) -> TrainConfig:
