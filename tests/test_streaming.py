@@ -211,3 +211,47 @@ def test_torchrun_two_processes_stream_a_user_dataset(tmp_path):
     assert two["world_size"] == 2 and two["test_examples"] == one["test_examples"] == 60
     assert two["passes_per_example"] == one["passes_per_example"] == 3.0
     assert abs(two["test_clean_acc"] - one["test_clean_acc"]) <= 0.1
+
+
+def test_eval_of_a_streamed_folder_run_decodes_no_training_image(tmp_path):
+    from fastrobust.evaluation import evaluate_checkpoint
+
+    root = _write_folder(tmp_path / "folder", n_per_class=6)
+    run = tmp_path / "run"
+    summary = train(TrainConfig(method="natural", dataset="imagefolder", data_dir=str(root), model="preact-resnet18",
+                                model_options={"width": 4}, epochs=1, batch_size=6, val_size=3, stream=True, workers=0,
+                                out=str(run)), **QUIET)
+    result = evaluate_checkpoint(run, attacks="clean", device="cpu")
+    assert not list(root.glob(".fastrobust-cache-*"))
+    assert result["n"] == summary["test_examples"] == 6
+    assert result["clean_accuracy"] == summary["test_clean_acc"]
+
+
+class _RandomTransform(torch.utils.data.Dataset):
+    """A Dataset that adds its own random noise (torch and numpy) to each image when read."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        noise = torch.rand(1, 4, 4) * 0.1 + float(np.random.rand()) * 0.1
+        return (torch.full((1, 4, 4), 0.5) + noise).clamp(0, 1), i % 2
+
+
+def test_a_datasets_own_random_transforms_depend_on_seed_epoch_and_example_not_on_workers():
+    split = to_lazy_split(_RandomTransform(), "train_data")
+
+    def epoch(workers, e, rank=0, world=1):
+        loader = StreamLoader(split, 8, shuffle=True, seed=2, workers=workers, rank=rank, world_size=world)
+        loader.set_epoch(e)
+        return torch.cat([x for x, _ in loader])
+
+    torch.manual_seed(0)
+    before = torch.rand(2)
+    reference = epoch(0, 1)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(2), before)   # reading in this process left its random stream alone
+    assert torch.equal(epoch(2, 1), reference) and torch.equal(epoch(1, 1), reference)
+    assert not torch.equal(epoch(0, 2), reference)
+    shards = torch.cat([epoch(1, 1, rank, 2) for rank in range(2)])   # each example gets its own draw on any process
+    assert sorted(shards.flatten().tolist()) == sorted(reference.flatten().tolist())

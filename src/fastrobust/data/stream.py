@@ -8,14 +8,16 @@ a DataLoader with worker processes, pinned memory (on CUDA) and non-blocking cop
 The :class:`StreamLoader` yields exactly the minibatches of the :class:`DeviceLoader` on the same
 data: the epoch's order is the same permutation of (seed, epoch), each process (under torchrun)
 reads its shard of every global minibatch, and the random crop and flip are drawn in the main
-process from the same (seed, epoch) generator. Only what a user's Dataset does itself in the
-worker processes (its own random transforms) depends on the workers: their random streams are
-seeded by (seed, epoch, process), so a run repeats them given the same number of workers.
+process from the same (seed, epoch) generator. A user's Dataset may draw its own random
+transforms in the workers: torch's, numpy's and Python's generators are seeded from
+(seed, epoch, example) before each of its items is read, so those draws do not depend on the
+number of workers or processes either.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,23 +122,46 @@ class FolderImages:
 
 
 class _Items(torch.utils.data.Dataset):
-    """What the DataLoader's workers read: (image, label) of a :class:`LazySplit`."""
+    """What the DataLoader's workers read: (image, label) of a :class:`LazySplit`, asked for as
+    (position in the split, epoch).
 
-    def __init__(self, split: LazySplit) -> None:
-        self.split, self.y = split, split.y
+    For a source that draws random numbers itself (a user's Dataset with random transforms:
+    ``source.random = True``), torch's, numpy's and Python's random generators are seeded from
+    (seed, epoch, example) before each item is read, so its draws do not depend on the workers."""
+
+    def __init__(self, split: LazySplit, seed: int) -> None:
+        self.split, self.y, self.seed = split, split.y, seed
+        self.random = bool(getattr(split.source, "random", False))
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int):
-        return self.split.image(i), self.y[i]
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch = key
+        if not self.random:
+            return self.split.image(i), self.y[i]
+        example = int(self.split.indices[i])
+        in_worker = torch.utils.data.get_worker_info() is not None
+        saved = None if in_worker else (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        try:   # reading in the training process: its own random streams are put back afterwards
+            item_seed = _generator(self.seed, epoch, "item", example).initial_seed() % 2**32
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            return self.split.image(i), self.y[i]
+        finally:
+            if saved is not None:
+                torch.set_rng_state(saved[0])
+                random.setstate(saved[1])
+                np.random.set_state(saved[2])
 
 
 class _Batches:
-    """The batch sampler: this process's shard of each global minibatch of the epoch, in order."""
+    """The batch sampler: this process's shard of each global minibatch of the epoch, in order, as
+    (position, epoch) keys; ``batches`` is replaced each epoch (the workers persist)."""
 
-    def __init__(self, batches: list[list[int]]) -> None:
-        self.batches = batches
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
 
     def __iter__(self):
         return iter(self.batches)
@@ -160,6 +185,9 @@ class StreamLoader(DeviceLoader):
 
     The uint8 images are read and stacked in the workers, pinned (on CUDA), copied to ``device``
     without blocking, and converted and augmented there. ``workers=0`` reads in this process.
+    The workers start once and persist over the epochs; :meth:`set_epoch` has them start reading
+    the epoch's first minibatches (like the in-memory path's copy of the data to the device,
+    starting them is not part of an epoch's training time).
     """
 
     def __init__(self, split: LazySplit, batch_size: int, *, shuffle: bool, device: torch.device | str = "cpu",
@@ -171,34 +199,43 @@ class StreamLoader(DeviceLoader):
         self.workers = default_workers() if workers is None else workers
         super().__init__(split, batch_size, shuffle=shuffle, device="cpu", seed=seed, crop_pad=crop_pad, flip=flip,
                          drop_last=drop_last, rank=rank, world_size=world_size)
-
-    def _place(self, split, device):
-        return split   # the images stay where they are
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, globals_ = self._order(), []
-        shards = []
-        for i in range(len(self)):
-            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
-            globals_.append(len(batch))
-            shards.append(batch[_shard(len(batch), self.rank, self.world_size)].tolist())
-        shape = self.split.source.shape
+        shape = split.source.shape
 
         def collate(items):
             if not items:   # this process's shard of a final global minibatch smaller than the processes
                 return torch.zeros(0, *shape, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
             return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
-        loader = torch.utils.data.DataLoader(
-            _Items(self.split), batch_sampler=_Batches(shards), num_workers=self.workers, collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            # the workers' random streams (a user's own transforms): a function of (seed, epoch, process);
-            # the generator also keeps the DataLoader from drawing on the training process's random stream
-            generator=_generator(self.seed, self.epoch, "workers", self.rank))
+        self._sampler = _Batches()
+        self._loader = torch.utils.data.DataLoader(
+            _Items(split, seed), batch_sampler=self._sampler, num_workers=self.workers, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+            # keeps the DataLoader from drawing its workers' base seed from the training process's random stream
+            generator=_generator(seed, "workers", rank))
+        self._started: tuple[int, object, list[int]] | None = None   # (epoch, batch iterator, global sizes)
+
+    def _place(self, split, device):
+        return split   # the images stay where they are
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._started = self._start()
+
+    def _start(self):
+        order, sizes, shards = self._order(), [], []
+        for i in range(len(self)):
+            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
+            sizes.append(len(batch))
+            shards.append([(j, self.epoch) for j in batch[_shard(len(batch), self.rank, self.world_size)].tolist()])
+        self._sampler.batches = shards
+        return self.epoch, iter(self._loader), sizes
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        started, self._started = self._started, None
+        epoch, batches, sizes = started if started is not None and started[0] == self.epoch else self._start()
         augmenting = self.crop_pad > 0 or self.flip
         aug_gen = _generator(self.seed, self.epoch, "augment")
-        batches = iter(loader)
-        for i, n_global in enumerate(globals_):
+        for n_global in sizes:
             try:
                 xb, yb = next(batches)
             except FastrobustError as exc:

@@ -252,6 +252,8 @@ def to_lazy_split(data, what: str) -> LazySplit:
 class DatasetImages:
     """The images of a user's Dataset, read (and checked, as :func:`to_split` does) when needed."""
 
+    random = True   # it may draw random transforms: seeded per example and epoch (see stream._Items)
+
     def __init__(self, ds, what: str) -> None:
         self.ds, self.what = ds, what
         first = _image(_pair(ds[0], what, 0)[0], what, 0)

@@ -273,8 +273,9 @@ def _differences(cfg: TrainConfig, saved: dict) -> list[str]:
     import yaml
 
     mine = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
-    return [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in mine.items()
-            if key not in _RESUME_FREE and saved.get(key) != value]
+    defaults = TrainConfig().to_dict()   # a key newer than the saved file: that run had its default
+    return [f"{key} {saved.get(key, defaults[key])!r} there, {value!r} now" for key, value in mine.items()
+            if key not in _RESUME_FREE and saved.get(key, defaults[key]) != value]
 
 
 def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared:

@@ -72,7 +72,7 @@ def evaluate_checkpoint(
     Returns the dict of :func:`fastrobust.evaluation.evaluate` with ``checkpoint``,
     ``dataset``, ``test_subset``, ``model``, ``method`` and ``epoch`` added.
     """
-    from ..data import load_dataset, take_subset
+    from ..data import Split, load_dataset, take_subset
     from ..engine.checkpoint import atomic_write_text, check_writable, load_checkpoint, model_from_checkpoint
     from ..engine.device import pick_device
 
@@ -97,9 +97,13 @@ def evaluate_checkpoint(
     target = output_path(path, out)
     check_writable(target)   # before any attack runs
     dev = pick_device("auto" if device is None else str(device))
-    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"))
+    # a streamed run's data is opened without decoding its training images; the test images are read
+    stream = bool(config.get("stream"))
+    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"), stream=stream)
     subset = test_subset if test_subset is not None else config.get("test_subset")
     test = take_subset(data.test, subset, seed=int(config.get("seed", 0)))
+    if stream:
+        test = Split(test.x[:], test.y)
     try:
         model = model_from_checkpoint(payload, dev)
     except (KeyError, RuntimeError) as exc:
