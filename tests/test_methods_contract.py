@@ -94,3 +94,26 @@ def test_help_lists_the_methods_own_parameters(name):
     for p in cls.params:
         default = str(p.default).lower() if p.type is bool else str(p.default)
         assert " ".join(p.help.split())[:40] in entries[p.flag] and f"(default {default}" in entries[p.flag]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_strengthen_adds_work_and_keeps_the_accounting(name):
+    """The engine's collapse guard calls strengthen(): a method that has an attack spends more passes after
+    it (reported = counted), and the boost survives state_dict; one without (natural) says so with None."""
+    model, method, step, _ = make_method(name, **small(name))
+    x, y = synthetic(24)
+    method.on_epoch_end(0)              # growing methods: past their first level
+    before = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step).passes
+    change = method.strengthen()
+    fwd, bwd = ForwardCounter(model), ForwardCounter(model, backward=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        after = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step).passes
+    assert after == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3)
+    if change is None:
+        assert after == before
+    else:
+        assert isinstance(change, str) and (after > before or name in ("fat", "f-trades", "f-mart", "gaat", "mgaat"))
+        fresh = make_method(name, **small(name))[1]
+        fresh.load_state_dict(copy.deepcopy(method.state_dict()))
+        assert fresh.boost == method.boost == 1 and fresh.state().get("guard_boost") == 1

@@ -133,13 +133,14 @@ TRAIN_OPTIONS = [
 
 def method_in_argv(argv: list[str]) -> str:
     """The training method a ``train`` command line asks for: ``--method``, else its ``--config`` file's, else pgd."""
-    def value_of(flag: str) -> str | None:
+    def value_of(flag: str) -> str | None:   # the last one given wins, as in argparse
+        value = None
         for i, arg in enumerate(argv):
             if arg == flag and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(flag + "="):
-                return arg.split("=", 1)[1]
-        return None
+                value = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg.split("=", 1)[1]
+        return value
 
     method = value_of("--method")
     if method is None and value_of("--config"):

@@ -14,10 +14,10 @@ from .base import (
     list_methods,
     register_method,
 )
-from .compose import Composed, Replay, define
+from .compose import Composed, define, replay_minibatch
 from . import catalog  # noqa: F401  (registers the named methods)
 
 __all__ = [
-    "BACKWARD", "FORWARD", "Batch", "Component", "Composed", "Method", "MethodContext", "Param", "Replay",
-    "StepOutput", "define", "get_method", "list_methods", "register_method",
+    "BACKWARD", "FORWARD", "Batch", "Component", "Composed", "Method", "MethodContext", "Param",
+    "StepOutput", "define", "replay_minibatch", "get_method", "list_methods", "register_method",
 ]

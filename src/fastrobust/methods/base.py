@@ -152,6 +152,11 @@ class Method:
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each epoch (0-based) on every process; may change the method's own state."""
 
+    def strengthen(self) -> str | None:
+        """Make the attack stronger for the rest of the run (the engine's collapse guard, ``--guard``);
+        returns what changed, or None when the method has no attack to strengthen."""
+        return None
+
     def state(self) -> dict:
         """Method state to log with each epoch's metrics (e.g. ``r``, ``K``)."""
         return {}

@@ -5,7 +5,7 @@ Costs are in example-passes per example and minibatch (forward+backward = 1, for
 
 from __future__ import annotations
 
-from .compose import Replay, ReplayStart, define
+from .compose import ReplayStart, define, replay_minibatch
 from .gaat import RECONSTRUCTION, GAATAttack
 from .inputs import Ascent, Clean, NoiseFGSM
 from .losses import MART, TRADES
@@ -75,14 +75,14 @@ define("free", "Free-m (Shafahi et al. 2019): each minibatch is replayed m times
        "(--start uniform: a fresh random start per minibatch, Free-m of the DEAT table). Cost m per epoch "
        "(the original divides the epoch count by m: pass --epochs accordingly).",
        attack=ReplayStart("carry"), schedule=Schedule(level_param("replays", 4, "m, the number of replays of each "
-                                                                   "minibatch"), level="r"), alpha=1.0, base=Replay)
+                                                                   "minibatch"), level="r"), alpha=1.0, minibatch=replay_minibatch)
 define("deat-d", "DEAT-d (dynamic efficient AT): Free-style replay of each minibatch r times from a fresh uniform "
        "delta (by default), with r_t = min(floor(t/d)+1, r_max) in epoch t. Cost r_t per example in epoch t.",
-       attack=ReplayStart(), schedule=EveryD(), alpha=1.25, base=Replay)
+       attack=ReplayStart(), schedule=EveryD(), alpha=1.25, minibatch=replay_minibatch)
 define("deat-p", "DEAT-p: Free-style replay of each minibatch r times from a fresh uniform delta (by default); r starts "
        "at 1 and rises by one after each epoch whose training accuracy on the last replay's inputs exceeds p, up to "
-       "r_max. Cost r per example.", attack=ReplayStart(), schedule=OnAccuracy(), alpha=1.25, base=Replay)
+       "r_max. Cost r per example.", attack=ReplayStart(), schedule=OnAccuracy(), alpha=1.25, minibatch=replay_minibatch)
 define("mdeat", "M+DEAT (DEAT's main method): Free-style replay of each minibatch r times from a fresh uniform delta "
        "(by default); r grows by the M+ rule on the last replay's input-gradient magnitude, with a constant step "
        "(default 1.25 eps, the paper's 10/255). Cost r per example in each epoch.",
-       attack=ReplayStart(), schedule=MPlus("r", start=1, maximum=8, floor=False), alpha=1.25, base=Replay)
+       attack=ReplayStart(), schedule=MPlus("r", start=1, maximum=8, floor=False), alpha=1.25, minibatch=replay_minibatch)

@@ -37,6 +37,26 @@ class Composed(Method):
         super().__init__(ctx, **params)
         self.parts = {key: getattr(type(self), key).bind(ctx, params) for key in ("attack", "loss", "schedule")}
         self.attack_, self.loss_, self.schedule_ = self.parts.values()
+        self.boost = 0      # extra steps or replays added by the engine's collapse guard (strengthen)
+
+    def level_and_step(self, batch: Batch) -> tuple[int, float]:
+        """The attack's level in force (the schedule's, plus the guard's boost) and its step. A fixed level
+        that is boosted keeps its reach: the step shrinks by level / (level + boost)."""
+        base = self.schedule_.level
+        level = base + self.boost if base else base
+        step = self.schedule_.step_size(batch, level)
+        if self.boost and base and not self.schedule_.grows:
+            step *= base / level
+        return level, step
+
+    def strengthen(self) -> str | None:
+        base = self.schedule_.level
+        if (not base and not self.schedule_.grows) or not getattr(self.attack_, "uses_level", True):
+            return None               # no attack (natural training), or one whose strength is not a level
+        self.boost += 1
+        what = "replays" if self.schedule_.level_name == "r" else "attack steps"
+        return (f"{what} +{self.boost} for the rest of the run" +
+                ("" if self.schedule_.grows else f" (step x {base}/{base + self.boost}, the same reach)"))
 
     @classmethod
     def default_alpha(cls, eps, recipe_ratio, params):
@@ -56,8 +76,8 @@ class Composed(Method):
             raise ConfigError(f"method {cls.name}: {exc}") from None
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        level = self.schedule_.level
-        x_adv, passes, grad = self.attack_(model, batch, level, self.schedule_.step_size(batch, level))
+        level, alpha = self.level_and_step(batch)
+        x_adv, passes, grad = self.attack_(model, batch, level, alpha)
         loss, logits, per_example = self.loss_(model, batch.x, x_adv, batch.y)
         step(loss)
         out = StepOutput(loss.detach(), logits.detach(), passes=passes + per_example * len(batch.y))
@@ -69,17 +89,19 @@ class Composed(Method):
             part.end_epoch(epoch)
 
     def state(self) -> dict:
-        return {k: v for part in self.parts.values() for k, v in part.state().items()}
+        state = {k: v for part in self.parts.values() for k, v in part.state().items()}
+        return {**state, "guard_boost": self.boost} if self.boost else state
 
     def state_dict(self) -> dict:
-        return {key: part.state_dict() for key, part in self.parts.items()}
+        return {**{key: part.state_dict() for key, part in self.parts.items()}, "boost": self.boost}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state) != set(self.parts):
+        if not set(self.parts) <= set(state):
             raise ConfigError(f"method {self.name}: the checkpoint's method state was written by another version of "
                               "fastrobust; finish the run with that version or start a new one")
         for key, part in self.parts.items():
             part.load_state_dict(state[key])
+        self.boost = state.get("boost", 0)
 
 
 class ReplayStart(Component):
@@ -120,38 +142,37 @@ class ReplayStart(Component):
         self.delta = state["delta"]
 
 
-class Replay(Composed):
-    """Free-AT-style replay: the minibatch is trained r times (r = the schedule's level); each replay is ONE
-    forward/backward giving the weight step and the input gradient, then delta steps by alpha. Cost r.
+def replay_minibatch(self: Composed, model, batch: Batch, step) -> StepOutput:
+    """Free-AT-style replay, the minibatch step of Free and DEAT (``define(..., minibatch=replay_minibatch)``):
+    the minibatch is trained r times (r = the schedule's level); each replay is ONE forward/backward giving the
+    weight step and the input gradient, then delta steps by alpha. Cost r.
 
-    Its own ``train_batch`` because the weight steps happen inside the attack loop: replays cannot be written
-    as an attack followed by a loss. With r = 1 the delta step comes after the only weight step, so the weights
-    see the start point only."""
-
-    def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
-        r = self.schedule_.level
-        alpha = self.schedule_.step_size(batch, r)
-        delta = self.attack_(x, eps)
-        for _ in range(r):
-            delta.requires_grad_(True)
-            logits = model(x + delta)
-            loss = cross_entropy(logits, y)
-            grad = step(loss, wrt=delta)
-            delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
-        self.attack_.keep(delta)
-        out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
-        self.schedule_.observe(batch, out, grad)
-        return out
+    A minibatch step of its own because the weight steps happen inside the attack loop: replays cannot be
+    written as an attack followed by a loss. With r = 1 the delta step comes after the only weight step, so
+    the weights see the start point only."""
+    x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
+    r, alpha = self.level_and_step(batch)
+    delta = self.attack_(x, eps)
+    for _ in range(r):
+        delta.requires_grad_(True)
+        logits = model(x + delta)
+        loss = cross_entropy(logits, y)
+        grad = step(loss, wrt=delta)
+        delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
+    self.attack_.keep(delta)
+    out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
+    self.schedule_.observe(batch, out, grad)
+    return out
 
 
 def define(name: str, description: str, *, attack: Component, schedule: Schedule, loss: Component = CE(),
            alpha: str | float = "recipe", defaults: dict | None = None, selects_by: str = "robust",
-           base: type[Composed] = Composed) -> type[Method]:
+           minibatch=None) -> type[Method]:
     """Register method ``name`` composed of ``attack``, ``loss`` and ``schedule``.
 
     ``alpha``: the default attack step, ``"recipe"`` (the data set's recipe step for the schedule's largest K,
     and alpha <= eps is enforced) or a factor of eps. ``defaults`` overrides the parts' parameter defaults.
+    ``minibatch``: a minibatch step other than attack -> loss -> weight step (:func:`replay_minibatch`).
     """
     params: dict[str, Param] = {}
     for part in (schedule, attack, loss):
@@ -162,7 +183,9 @@ def define(name: str, description: str, *, attack: Component, schedule: Schedule
     for key, value in (defaults or {}).items():
         params[key] = dataclasses.replace(params[key], default=value)
     cls_name = re.sub(r"\W", "", name.title()) + "Method"
-    cls = type(cls_name, (base,), dict(name=name, description=description, params=tuple(params.values()),
-                                       attack=attack, loss=loss, schedule=schedule, alpha_rule=alpha,
-                                       selects_by=selects_by, __module__=__name__))
+    attrs = dict(name=name, description=description, params=tuple(params.values()), attack=attack, loss=loss,
+                 schedule=schedule, alpha_rule=alpha, selects_by=selects_by, __module__=__name__)
+    if minibatch is not None:
+        attrs["train_batch"] = minibatch
+    cls = type(cls_name, (Composed,), attrs)
     return register_method(cls)

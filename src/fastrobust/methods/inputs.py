@@ -116,6 +116,8 @@ class NoiseFGSM(Component):
     """N-FGSM (de Jorge et al. 2022): a random start of ``noise`` x eps (uniform in that ball), one step of
     size alpha (default eps) from it, clipped to [0, 1] and NOT projected back to the eps-ball. 1 pass."""
 
+    uses_level = False     # always one step: the collapse guard cannot strengthen it
+
     def __init__(self, noise: float = 2.0) -> None:
         self.noise = noise
 

@@ -31,17 +31,6 @@ def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return cross_entropy(logits_nat, y) + beta * kl_per_example(logits_nat, logits_adv).mean()
 
 
-class TRADES(Component):
-    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f(x_adv)). 2 passes (x and x_adv)."""
-
-    def params(self):
-        return (beta_param(),)
-
-    def __call__(self, model, x, x_adv, y):
-        logits_nat, logits_adv = model(x), model(x_adv)
-        return trades_loss(logits_nat, logits_adv, y, self.v["beta"]), logits_adv, 2.0
-
-
 def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
     """MART's outer loss, averaged over the batch:
 
@@ -60,12 +49,26 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     return cross_entropy(adv, y) - log_rest.mean() + beta * robust.mean()
 
 
-class MART(Component):
-    """MART (Wang et al. 2020): boosted CE on x_adv + beta KL(p(x) || p(x_adv)) (1 - p_y(x)). 2 passes."""
+class PairLoss(Component):
+    """A loss of the clean and the adversarial logits with a KL weight ``beta``: x and x_adv are both
+    forwarded in train mode (2 passes). :data:`TRADES` and :data:`MART` are its two instances."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
 
     def params(self):
         return (beta_param(),)
 
     def __call__(self, model, x, x_adv, y):
         logits_nat, logits_adv = model(x), model(x_adv)
-        return mart_loss(logits_nat, logits_adv, y, self.v["beta"]), logits_adv, 2.0
+        return self.fn(logits_nat, logits_adv, y, self.v["beta"]), logits_adv, 2.0
+
+
+def TRADES() -> PairLoss:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f(x_adv))."""
+    return PairLoss(trades_loss)
+
+
+def MART() -> PairLoss:
+    """MART (Wang et al. 2020): boosted CE on x_adv + beta KL(p(x) || p(x_adv)) (1 - p_y(x))."""
+    return PairLoss(mart_loss)

@@ -1,0 +1,96 @@
+"""Catastrophic overfitting: the collapse mark, and the guard that recovers from it (``--guard``).
+
+A run has **collapsed** at an epoch when its validation robust accuracy (the per-epoch PGD-CW
+attack on the held-out split, which the engine runs anyway: no extra cost) falls below
+``COLLAPSE_RATIO`` (half) of the best seen so far **and** at least ``COLLAPSE_DROP`` (10 points)
+under it. That is the signature of catastrophic overfitting (Wong et al. 2020: robust accuracy
+drops to near zero within an epoch while clean accuracy stays high); ordinary epoch-to-epoch noise
+moves by a few points. Without the guard the run only says so (``collapsed`` and
+``collapsed_epoch`` in summary.json). With it, the engine keeps a copy of the training state
+(weights, optimizer, gradient scaler, method state) at every new best epoch; on a collapse it
+restores that copy and asks the method to strengthen its attack for the rest of the run
+(:meth:`fastrobust.methods.Method.strengthen`: one more step or replay; a fixed step count keeps
+its reach with a smaller step), and records the event in metrics.jsonl and train.log. The passes
+of the collapsed epochs stay counted: they were spent. fast_adversarial's early stop only stops
+and keeps the last good model; this continues from it with a stronger attack.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+COLLAPSE_RATIO = 0.5
+COLLAPSE_DROP = 0.10
+
+
+def collapsed(best_robust: float | None, robust: float | None) -> bool:
+    """Whether validation robust accuracy ``robust`` is a collapse from the best so far ``best_robust``."""
+    if best_robust is None or robust is None:
+        return False
+    return robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
+
+
+def _cpu_copy(obj):
+    """A deep copy with every tensor on the CPU (a snapshot that does not hold device memory)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class Guard:
+    """The last good training state and the events so far; ``enabled=False``: marks only."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.snapshot: dict | None = None
+        self.events: list[dict] = []
+        self.best_robust: float | None = None
+        self.collapsed_epoch: int | None = None
+
+    def observe(self, epoch: int, robust: float | None) -> bool:
+        """See epoch ``epoch``'s (1-based) validation robust accuracy; returns whether it is a collapse."""
+        hit = collapsed(self.best_robust, robust)
+        if hit and self.collapsed_epoch is None:
+            self.collapsed_epoch = epoch
+        if robust is not None and not hit and (self.best_robust is None or robust > self.best_robust):
+            self.best_robust = robust
+        return hit
+
+    def remember(self, epoch: int, model, opt, scaler, method) -> None:
+        """Keep the training state of a good epoch (called at every new best)."""
+        if self.enabled:
+            self.snapshot = {"epoch": epoch, "model": _cpu_copy(model.state_dict()), "optimizer": _cpu_copy(opt.state_dict()),
+                             "scaler": _cpu_copy(scaler.state_dict()), "method": _cpu_copy(method.state_dict())}
+
+    def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
+        """After a collapse at ``epoch``: restore the last good state, strengthen the attack; the event."""
+        if not self.enabled or self.snapshot is None:
+            return None
+        snap = self.snapshot
+        boost = getattr(method, "boost", 0)
+        model.load_state_dict(snap["model"])
+        opt.load_state_dict(snap["optimizer"])
+        scaler.load_state_dict(snap["scaler"])
+        method.load_state_dict(copy.deepcopy(snap["method"]))
+        if hasattr(method, "boost"):
+            method.boost = boost           # earlier strengthenings stay
+        change = method.strengthen()
+        event = {"epoch": epoch, "val_robust_acc": robust, "best_val_robust_acc": self.best_robust,
+                 "restored_epoch": snap["epoch"], "change": change or "none (the method has no attack level)"}
+        self.events.append(event)
+        return event
+
+    def state_dict(self) -> dict:
+        return {"snapshot": self.snapshot, "events": self.events, "best_robust": self.best_robust,
+                "collapsed_epoch": self.collapsed_epoch}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.snapshot, self.events = state["snapshot"], state["events"]
+            self.best_robust, self.collapsed_epoch = state["best_robust"], state["collapsed_epoch"]

@@ -1,0 +1,50 @@
+"""The collapse mark and the guard's state handling (engine/guard.py); the guard in training runs is tested
+in tests/test_guard_training.py."""
+
+import torch
+
+from fastrobust.engine.guard import COLLAPSE_DROP, Guard, collapsed
+from helpers import make_method, run_epochs
+
+
+def test_collapse_is_a_fall_below_half_the_best_by_ten_points():
+    assert collapsed(0.80, 0.05) and collapsed(0.30, 0.14)
+    assert not collapsed(0.80, 0.45)                      # above half the best
+    assert not collapsed(0.15, 0.06)                      # under half the best, but only 9 points under it
+    assert collapsed(0.15, 0.04)                          # under half and 11 points under
+    assert not collapsed(None, 0.0) and not collapsed(0.5, None)
+
+
+def test_guard_marks_the_first_collapse_and_keeps_the_best():
+    g = Guard(enabled=False)
+    hits = [g.observe(e, r) for e, r in enumerate([0.1, 0.5, 0.6, 0.02, 0.7, 0.01], 1)]
+    assert hits == [False, False, False, True, False, True]
+    assert g.collapsed_epoch == 4 and g.best_robust == 0.7
+
+
+def test_guard_restores_the_remembered_state_and_strengthens():
+    model, method, step, _ = make_method("fgsm-rs")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = Guard(enabled=True)
+    run_epochs(model, method, step, 1)
+    g.observe(1, 0.6)
+    g.remember(1, model, method.opt, scaler, method)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    run_epochs(model, method, step, 1, first=1)
+    assert any(not torch.equal(good[k], v) for k, v in model.state_dict().items())
+    assert g.observe(2, 0.0)
+    event = g.recover(2, 0.0, model, method.opt, scaler, method)
+    assert all(torch.equal(good[k], v) for k, v in model.state_dict().items())
+    assert event["restored_epoch"] == 1 and "attack steps +1" in event["change"] and method.boost == 1
+    again = g.recover(3, 0.0, model, method.opt, scaler, method)     # a second collapse: one more
+    assert method.boost == 2 and again["change"].startswith("attack steps +2")
+    saved = Guard(enabled=True)
+    saved.load_state_dict(g.state_dict())
+    assert saved.events == g.events and saved.snapshot["epoch"] == 1
+
+
+def test_guard_off_never_restores():
+    model, method, step, _ = make_method("pgd")
+    g = Guard(enabled=False)
+    g.remember(1, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
+    assert g.snapshot is None and g.recover(2, 0.0, model, method.opt, None, method) is None
