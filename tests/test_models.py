@@ -16,6 +16,7 @@ SMALL = {
     "resnet18": {"width": 8},
     "wrn-34-10": {"depth": 10, "widen": 1},
     "vgg16": {"width": 8},
+    "resnet50": {"width": 8},
 }
 
 
@@ -62,6 +63,22 @@ def test_reference_parameter_counts(name, options, params):
     size = (28, 28) if name == "mnist-cnn" else (32, 32)
     model = create_model(name, in_channels=1 if name == "mnist-cnn" else 3, image_size=size, **options)
     assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_resnet50_is_the_imagenet_resnet50():
+    """At full width on 224x224 ImageNet input (built on the meta device: no memory, no compute): the standard
+    ResNet-50 parameter count (25,557,032 with 1000 classes), 1000 logits, and its layout."""
+    with torch.device("meta"):
+        model = create_model("resnet50", num_classes=1000, image_size=224, mean=(0.485, 0.456, 0.406),
+                             std=(0.229, 0.224, 0.225))
+        out = model(torch.empty(2, 3, 224, 224))
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    assert out.shape == (2, 1000)
+    assert isinstance(model.net.stem[0], nn.Conv2d) and model.net.stem[0].kernel_size == (7, 7)
+    assert isinstance(model.net.stem[-1], nn.MaxPool2d)
+    assert len(model.net.blocks) == 3 + 4 + 6 + 3 and model.net.fc.in_features == 2048
+    # the stride of a downsampling block sits on its 3x3 convolution
+    assert model.net.blocks[3].conv2.stride == (2, 2) and model.net.blocks[3].conv1.stride == (1, 1)
 
 
 def test_list_models_reports_options_and_defaults():

@@ -36,6 +36,9 @@ examples:
   fastrobust bench cifar10-deat --device cuda --aa --data-dir ~/data
   fastrobust bench mnist --data-dir ~/data/mnist --seeds 3     # seeds 0,1,2: mean ± std per run
   fastrobust bench my-suite.yaml --dry-run              # check your own suite and show the plan
+  fastrobust bench imagenet-deat --data-dir DIR --print-config free-4 > free-4.yaml
+  torchrun --nproc_per_node=8 -m fastrobust train --config free-4.yaml   # one run on 8 GPUs; then
+  fastrobust bench imagenet-deat --data-dir DIR          # evaluates the trained runs, writes the table
 
 A suite file (YAML): name, description, reference (a run name), seeds (optional default
 for --seeds), common (configuration keys
@@ -60,7 +63,7 @@ def add_parsers(sub) -> None:
     b = sub.add_parser("bench", help="train and evaluate a suite of methods side by side; table and plots",
                        description=BENCH_DESCRIPTION, epilog=BENCH_EPILOG, formatter_class=fmt)
     b.add_argument("suite", nargs="?", metavar="SUITE",
-                   help="a shipped suite (mnist-quick, mnist, cifar10-small, cifar10-deat, cifar100-deat; "
+                   help="a shipped suite (mnist-quick, mnist, cifar10-small, cifar10-deat, cifar100-deat, imagenet-deat; "
                         "see --list) or the path of your own suite YAML file")
     b.add_argument("--out", metavar="DIR", help="output folder (default ./bench-SUITE); rerun with the same "
                                                 "--out to continue a stopped benchmark")
@@ -78,6 +81,9 @@ def add_parsers(sub) -> None:
                                                    "suite's seeds: key, else its one seed")
     b.add_argument("--list", action="store_true", help="list the shipped suites and exit")
     b.add_argument("--dry-run", action="store_true", help="check the suite and print what would be run, then exit")
+    b.add_argument("--print-config", metavar="RUN", help="print one run's configuration (YAML for `fastrobust train "
+                                                         "--config`, its folder under --out) and exit: to train the "
+                                                         "run with torchrun, then evaluate it with `fastrobust bench`")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = sub.add_parser("report", help="the benchmark table and plots from existing run directories",
@@ -114,6 +120,9 @@ def bench(args) -> None:
     if not args.suite:
         raise ConfigError("name a suite: one of " + ", ".join(shipped_suites()) + " (`fastrobust bench --list`), "
                           "or the path of your own suite YAML file")
+    if args.print_config:
+        print_config(load_suite(args.suite), args.print_config, args)
+        return
     try:
         run_suite(load_suite(args.suite), args.out, methods=args.methods, device=args.device, data_dir=args.data_dir,
                   dataset=args.dataset, aa=args.aa, seeds=args.seeds, progress=False if args.no_progress else None,
@@ -122,6 +131,29 @@ def bench(args) -> None:
         print("fastrobust bench: stopped. Run the same command again to continue: finished runs are skipped and "
               "the unfinished one resumes from its last.pt", file=sys.stderr)
         raise
+
+
+def print_config(suite, name: str, args) -> None:
+    """Print run ``name``'s configuration as ``fastrobust train --config`` reads it, ``out`` = its bench folder."""
+    import yaml
+
+    from .suite import check_runs
+
+    names = [r.name for r in suite.runs]
+    if name not in names:
+        raise ConfigError(f"--print-config: {name!r} is not a run of suite {suite.name!r}; its runs: {', '.join(names)}")
+    overrides = {"device": args.device, "data_dir": args.data_dir, "dataset": args.dataset}
+    check_runs(suite, **overrides)
+    seeds = suite.resolve_seeds(args.seeds)
+    if len(seeds) != 1:
+        raise ConfigError(f"--print-config prints one run with one seed; --seeds gives {len(seeds)} "
+                          f"({', '.join(map(str, seeds))}): pass one seed, e.g. --seeds {seeds[-1]},")
+    out = Path(args.out) if args.out else Path(f"bench-{suite.name}")
+    cfg = suite.train_config(suite.run(name), out / suite.folder(name, seeds[0]), seed=seeds[0], **overrides)
+    print(f"# run {name!r} of suite {suite.source}; train it with (under torchrun: torchrun --nproc_per_node=N -m "
+          f"fastrobust train ...)\n#   fastrobust train --config THIS_FILE\n# then `fastrobust bench {suite.name}"
+          f"{' --out ' + str(out) if args.out else ''}` evaluates it and writes the table")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
 def report(args) -> None:

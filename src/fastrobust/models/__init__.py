@@ -5,7 +5,7 @@
 torch.Size([2, 10])
 """
 
-from fastrobust.models import cnn, resnet, vgg, wrn  # noqa: F401  (registers the built-in models)
+from fastrobust.models import cnn, resnet, resnet50, vgg, wrn  # noqa: F401  (registers the built-in models)
 from fastrobust.models.layers import Classifier, Normalize
 from fastrobust.models.registry import FACTORY_HELP, ModelEntry, check_output, create_model, list_models, register_model
 
