@@ -1,7 +1,7 @@
 """Streaming loader vs in-memory loader: training throughput, and memory against the folder's size.
 
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py                       # defaults below
-    python benchmarks/loader_speed.py --per-class 100 --steps 3 --rounds 3 --sizes 5000,50000
+    python benchmarks/loader_speed.py --per-class 100 --steps 3 --rounds 9 --sizes 5000,50000
 
 1. Throughput. PGD-AT (``--steps`` steps) with a width-16 PreActResNet-18 on a CIFAR-10 image
    folder (the JPEG copy, ``../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz``, of which the
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="PGD steps of PGD-AT (default 3)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median ratio is printed (default 5)")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the streaming path (default 1)")
     ap.add_argument("--sizes", default="5000,50000", help="generated folder sizes for the memory check")
     ap.add_argument("--mem-train", type=int, default=256, help="images trained in each memory run (default 256)")
