@@ -20,7 +20,8 @@ import yaml
 import fastrobust
 from fastrobust.config import TrainConfig, recipe_step
 from fastrobust.engine import load_checkpoint, train
-from fastrobust.engine.distributed import Dist, evaluate_sharded, global_batch_sizes, shard_weight
+from fastrobust.engine.distributed import Dist, global_batch_sizes, shard_weight
+from fastrobust.engine.validation import evaluate_sharded
 from fastrobust.engine.trainer import _prepare_for, prepare
 from fastrobust.errors import ConfigError
 from fastrobust.methods import list_methods

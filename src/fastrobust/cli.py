@@ -125,6 +125,8 @@ TRAIN_OPTIONS = [
     ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
     ("--sync-bn", "sync_bn", dict(action="store_true", help="under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global minibatch (default: each process normalises with its shard's statistics; running statistics are averaged over the processes after every step)")),
     ("--log", "log", dict(type=lambda t: [n.strip() for n in t.split(",") if n.strip()], metavar="LOGGER", help="also log each epoch's metrics to: tensorboard (into RUN/tensorboard; needs pip install \"fastrobust[tensorboard]\")")),
+    ("--stream", "stream", dict(action="store_true", help="read the training data when needed through a DataLoader with worker processes (an image folder is not decoded up front); default: the data is held in memory on the device")),
+    ("--workers", "workers", dict(type=int, metavar="N", help="with --stream: DataLoader worker processes (default half the CPU cores, 1 to 8; 0 = read in the training process)")),
     ("--dist-timeout", "dist_timeout", dict(type=float, metavar="SECONDS", help="under torchrun: how long a process waits for the others before the job stops with an error (default 1800)")),
 ]
 

@@ -85,6 +85,8 @@ class TrainConfig:
     sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
     dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
     log: list = field(default_factory=list)  # loggers besides metrics.jsonl: "tensorboard" (in RUN/tensorboard)
+    stream: bool = False                # read the training data when needed (a DataLoader with workers), not held
+    workers: int | None = None          # with stream: DataLoader worker processes (default: half the cores, 1..8)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -267,5 +269,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.grad_clip is None or cfg.grad_clip > 0, f"grad_clip must be > 0, got {cfg.grad_clip}")
     _check(isinstance(cfg.model_options, dict), "model_options must be a mapping of option names to values")
     _check(isinstance(cfg.sync_bn, bool), f"sync_bn must be true or false, got {cfg.sync_bn!r}")
+    _check(isinstance(cfg.stream, bool), f"stream must be true or false, got {cfg.stream!r}")
+    _check(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 0),
+           f"workers must be an integer >= 0 (0: read the data in the training process), got {cfg.workers!r}")
     _check(isinstance(cfg.dist_timeout, (int, float)) and not isinstance(cfg.dist_timeout, bool) and cfg.dist_timeout > 0,
            f"dist_timeout must be a number of seconds > 0, got {cfg.dist_timeout!r}")

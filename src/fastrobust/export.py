@@ -19,6 +19,7 @@ from .engine.checkpoint import (EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, at
                                 load_checkpoint, require_safetensors)
 from .errors import ConfigError, FastrobustError
 from .factories import is_factory_ref, resolve
+from .runfolder import BEST, EVAL, SUMMARY, RunFolder
 
 FORMATS = ("safetensors",)
 
@@ -32,7 +33,7 @@ def export_run(run: str | Path, fmt: str = "safetensors", out: str | Path | None
     run = Path(run)
     if not run.exists():
         raise FastrobustError(f"{run} does not exist: give a run directory of `fastrobust train` or a checkpoint")
-    ckpt = run / "best.pt" if run.is_dir() else run
+    ckpt = RunFolder(run).best if run.is_dir() else run
     run_dir = run if run.is_dir() else run.parent
     payload = load_checkpoint(ckpt)
     spec, state = payload["model_spec"], payload["model"]
@@ -64,12 +65,12 @@ def _accuracies(run_dir: Path, ckpt: Path, config: dict) -> dict:
     """Clean, robust and AutoAttack accuracy of the exported checkpoint: from eval.json (when it evaluated
     this checkpoint), else the training run's final test evaluation in summary.json."""
     result: dict = {}
-    summary_path, eval_path = run_dir / "summary.json", run_dir / "eval.json"
-    if summary_path.is_file() and ckpt.name == "best.pt":
+    summary_path, eval_path = RunFolder(run_dir).summary, RunFolder(run_dir).eval
+    if summary_path.is_file() and ckpt.name == BEST:
         s = json.loads(summary_path.read_text())
         result = {"clean_acc": s.get("test_clean_acc"), "robust_acc": s.get("test_robust_acc"),
                   "robust_attack": s.get("test_attack"), "n": s.get("test_examples"), "eps": s.get("eps"),
-                  "norm": "linf", "source": "summary.json"}
+                  "norm": "linf", "source": SUMMARY}
     if eval_path.is_file():
         e = json.loads(eval_path.read_text())
         if Path(e.get("checkpoint", "")).name == ckpt.name:
@@ -77,7 +78,7 @@ def _accuracies(run_dir: Path, ckpt: Path, config: dict) -> dict:
             aa = attacks.get("aa")
             result = {"clean_acc": e.get("clean_accuracy"), "robust_acc": e.get("robust_accuracy"),
                       "robust_attack": "worst case over " + ", ".join(a for a in e.get("order", []) if a != "clean"),
-                      "n": e.get("n"), "eps": e.get("eps"), "norm": e.get("norm"), "source": "eval.json"}
+                      "n": e.get("n"), "eps": e.get("eps"), "norm": e.get("norm"), "source": EVAL}
             if aa is not None:
                 # cascaded: AutoAttack ran on the examples earlier attacks left, so this is the worst case
                 # over those attacks and AutoAttack (at most AutoAttack's own accuracy)

@@ -44,7 +44,8 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
 
     ``train_data``, ``val_data``, ``test_data``: a torch Dataset of (image, label) pairs (tensor, numpy or PIL
     images), a DataLoader, or a pair of tensors ``(x, y)``; pixels in [0, 1] (floats) or 0..255 (uint8).
-    They are held in memory as 8-bit pixels. Without ``val_data`` a held-out split of ``val_size``
+    They are held in memory as 8-bit pixels; with ``stream=True`` a Dataset is read item by item when
+    needed, in ``workers`` DataLoader processes (see :mod:`fastrobust.data.stream`). Without ``val_data`` a held-out split of ``val_size``
     examples is taken from ``train_data``; without ``test_data`` the run has no test evaluation.
     ``num_classes`` defaults to the largest label + 1; ``crop_pad``/``flip``: training augmentation.
 
@@ -52,7 +53,7 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
     ``lr_schedule``, ``device``, ``amp``, ...); ``callbacks`` as in :func:`fastrobust.train`.
     ``resume=True`` continues the run in ``out`` (give the same model and data).
     """
-    from .data.user import make_data, to_split
+    from .data.user import make_data, to_lazy_split, to_split
     from .engine import train
     from .models import Classifier
 
@@ -76,9 +77,10 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
         ref = UNIMPORTABLE_MODEL_REF
         model_options = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
-    train_split = to_split(train_data, "fit: train_data")
-    val_split = None if val_data is None else to_split(val_data, "fit: val_data")
-    test_split = None if test_data is None else to_split(test_data, "fit: test_data")
+    convert = to_lazy_split if options.get("stream") is True else to_split
+    train_split = convert(train_data, "fit: train_data")
+    val_split = None if val_data is None else convert(val_data, "fit: val_data")
+    test_split = None if test_data is None else convert(test_data, "fit: test_data")
     facts = dict(num_classes=num_classes, classes=tuple(classes), crop_pad=crop_pad, flip=flip)
     data = make_data("fit", train_split, test_split, val_split, **facts)
     if val_split is not None:

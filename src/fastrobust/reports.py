@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 
 from .errors import FastrobustError
+from .runfolder import RunFolder
 
 STRENGTH_KEYS = ("r", "K")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         raise FastrobustError(f"{path} does not exist: pass a run directory written by `fastrobust train`")
     try:
@@ -84,7 +85,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(panels, 1, figsize=(7, 2.8 * panels), sharex=True, squeeze=False)
     axes = list(axes[:, 0])
     title = run_dir.name
-    summary = run_dir / "summary.json"
+    summary = RunFolder(run_dir).summary
     if summary.is_file():
         s = json.loads(summary.read_text())
         title = f"{s.get('method')} on {s.get('dataset')} ({s.get('model')}), {run_dir.name}"
@@ -116,7 +117,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=8)
     fig.axes[-1].set_xlabel("epoch")
     fig.tight_layout()
-    return _save(fig, Path(out) if out else run_dir / "curves.png")
+    return _save(fig, Path(out) if out else RunFolder(run_dir).curves)
 
 
 # --------------------------------------------------------------------------- comparisons of runs
@@ -125,7 +126,7 @@ def _robust_label(rows) -> str:
     if not evaluated:
         return "test robust accuracy % (summary.json)"
     names = [k for k in (evaluated[0].evaluation.get("attacks") or {}) if k != "clean"]
-    from .bench.results import attack_label
+    from .evaluation.specs import attack_label
 
     what = attack_label(names[0]) if len(names) == 1 else "worst case of " + ", ".join(map(attack_label, names))
     return f"robust accuracy % ({what})"

@@ -28,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import FastrobustError
+from ..evaluation.specs import attack_label
+from ..runfolder import EVAL, SUMMARY, RunFolder
 
 BENCH_FILE = "bench.json"
 SUMMARY_MARK = "†"
@@ -109,16 +111,6 @@ class Row:
         return (self.evaluation or {}).get("n", self.summary.get("test_examples"))
 
 
-def attack_label(name: str) -> str:
-    """``pgd50x10`` -> ``PGD-50x10``, ``cw20`` -> ``CW-20``, ``aa`` -> ``AutoAttack``."""
-    m = re.fullmatch(r"([a-z]+?)(\d+)(?:x(\d+))?", name)
-    if name == "aa":
-        return "AutoAttack"
-    if m:
-        return f"{m.group(1).upper()}-{m.group(2)}" + (f"x{m.group(3)}" if m.group(3) else "")
-    return name.replace("_", "-").capitalize() if name.islower() and len(name) > 4 else name.upper()
-
-
 def summary_attack_label(summary: dict) -> str:
     attack = str(summary.get("test_attack", "PGD")).split(",")[0]
     return f"{attack} (summary.json)"
@@ -136,25 +128,26 @@ def _read_json(path: Path) -> dict | None:
 
 def read_row(run_dir: Path, name: str | None = None) -> Row | None:
     """The row of a finished run (None when it has no summary.json yet)."""
-    summary = _read_json(run_dir / "summary.json")
+    folder = RunFolder(run_dir)
+    summary = _read_json(folder.summary)
     if summary is None:
         return None
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = folder.metrics
     metrics = []
     if metrics_path.is_file():
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     config = None
-    if (run_dir / "config.yaml").is_file():
+    if folder.config.is_file():
         try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            config = yaml.safe_load(folder.config.read_text())
         except yaml.YAMLError:
             config = None
-    return Row(name or run_dir.name, run_dir, summary, _read_json(run_dir / "eval.json"), metrics,
+    return Row(name or run_dir.name, run_dir, summary, _read_json(folder.eval), metrics,
                config if isinstance(config, dict) else None)
 
 
 def is_run_dir(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("summary.json", "config.yaml", "metrics.jsonl"))
+    return RunFolder(path).is_run()
 
 
 def collect(dirs: list[str | Path], only: list[str] | None = None) -> tuple[list[Row], list[str], str | None]:
@@ -518,7 +511,7 @@ def csv_text(head: list[str], data: list[list], rows: list[Row], names: list[str
         vals = [(names[i] if names else r.name) if j == 0 else (100 * v if h.endswith(" %") and v is not None else v)
                 for j, (h, v) in enumerate(zip(head, row))]
         w.writerow(["" if v is None else float(v) if isinstance(v, Stat) else v for v in vals] + [
-            "eval.json" if r.evaluation is not None else "summary.json", r.n_test,
+            EVAL if r.evaluation is not None else SUMMARY, r.n_test,
             r.summary.get("device"), r.summary.get("torch_threads"), r.seed, str(r.run_dir)])
     return buf.getvalue()
 

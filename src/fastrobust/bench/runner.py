@@ -23,11 +23,12 @@ from typing import Callable
 
 from ..config import load_yaml
 from ..errors import ConfigError, FastrobustError
+from ..runfolder import RunFolder
 from .results import BENCH_FILE, collect, pick_reference, write_report
 from .suite import RunSpec, Suite, check_attacks, check_folders, check_runs, config_differences
 
 # files of a run that never got to its first checkpoint: removed before starting it again
-_STALE = ("config.yaml", "metrics.jsonl", "train.log", "best.pt", "curves.png", "eval.json")
+_STALE = RunFolder.STALE
 
 
 @dataclass
@@ -61,19 +62,20 @@ def plan_runs(suite: Suite, runs: list[RunSpec], out: Path, attacks: list[str], 
 def _plan(suite: Suite, run: RunSpec, seed: int, out: Path, attacks: list[str], overrides: dict,
           eval_n: int | None) -> Plan:
     d = out / suite.folder(run.name, seed)
+    f = RunFolder(d)
     cfg = suite.train_config(run, d, seed=seed, **overrides)
-    if (d / "config.yaml").is_file() and ((d / "last.pt").is_file() or (d / "summary.json").is_file()):
-        diffs = config_differences(cfg, load_yaml(d / "config.yaml"))
+    if f.config.is_file() and (f.last.is_file() or f.summary.is_file()):
+        diffs = config_differences(cfg, load_yaml(f.config))
         if diffs:
             raise ConfigError(f"{d} was trained with other settings than suite {suite.name!r} now asks for ("
                               + "; ".join(diffs[:4]) + "). Use another --out, or delete that folder to train it again")
-    if (d / "summary.json").is_file():
-        if _eval_covers(d / "eval.json", attacks, eval_n):
+    if f.summary.is_file():
+        if _eval_covers(f.eval, attacks, eval_n):
             return Plan(run, d, "done", "finished and evaluated: skipped", seed)
         return Plan(run, d, "evaluate", "trained; evaluating", seed)
-    if (d / "last.pt").is_file():
-        epochs = sum(1 for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()) \
-            if (d / "metrics.jsonl").is_file() else "?"
+    if f.last.is_file():
+        epochs = sum(1 for line in f.metrics.read_text().splitlines() if line.strip()) \
+            if f.metrics.is_file() else "?"
         return Plan(run, d, "resume", f"resuming the unfinished run (epoch {epochs} of {cfg.epochs} logged)", seed)
     return Plan(run, d, "train", "training", seed)
 
@@ -100,7 +102,7 @@ def _prepare_out(out: Path, suite: Suite) -> None:
         # a folder of runs trained with `fastrobust train` under the suite's run names is adopted:
         # plan_runs has already checked each one's config.yaml against the suite
         foreign = sorted(p.name for p in out.iterdir()
-                         if not (p.is_dir() and suite.owns_folder(p.name) and (p / "config.yaml").is_file()))
+                         if not (p.is_dir() and suite.owns_folder(p.name) and RunFolder(p).config.is_file()))
         if foreign:
             raise FastrobustError(
                 f"{out} exists and is not a `fastrobust bench` output folder (no {BENCH_FILE}; it holds "

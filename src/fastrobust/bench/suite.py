@@ -390,7 +390,7 @@ def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
     param_defaults = {p.name: p.default for p in get_method(requested.method).params}
     out = []
     for key, value in values.items():
-        if key in ("out", "device", "data_dir", "dist_timeout") or (skip_defaults and value == defaults[key]):
+        if key in ("out", "device", "data_dir", "dist_timeout", "workers") or (skip_defaults and value == defaults[key]):
             continue
         old = saved.get(key, defaults[key])   # a key newer than the run: the run had its default
         if key == "method_params" and isinstance(old, dict) and saved.get("method") == requested.method:

@@ -168,3 +168,52 @@ def load(root: Path, progress: bool = True) -> Data:
         crop_pad=4 if big else 0, flip=big, eps=8 / 255, alpha=2 / 255, classes=tuple(classes),
     )
     return Data(info, Split(torch.from_numpy(xtr), torch.from_numpy(ytr)), Split(torch.from_numpy(xte), torch.from_numpy(yte)))
+
+
+def _names(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Paths (relative to folder's parent, as one byte array) and labels of a split's images, in the order
+    of :func:`_image_files`, without a Python object per file held."""
+    names, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(e.name for e in os.scandir(folder / name)
+                       if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and not e.name.startswith(".")
+                       and e.is_file())
+        if not found:
+            raise DataError(f"class folder {folder / name} holds no {'/'.join(IMAGE_SUFFIXES)} images: add images or remove the folder")
+        names.append(np.array([os.fsencode(f"{folder.name}/{name}/{f}") for f in found]))
+        labels.append(np.full(len(found), label, dtype=np.int64))
+    width = max(a.dtype.itemsize for a in names)
+    return np.concatenate([a.astype(f"S{width}") for a in names]), np.concatenate(labels)
+
+
+def stream(root: Path) -> Data:
+    """The image folder at ``root`` with its images read when needed (``--stream``): nothing is decoded
+    or cached up front. The channels (1 if every sampled image is grayscale, else 3), the image size and
+    the mean and std come from an evenly spaced sample of the training images; every image read later
+    is converted to those channels and must have that size."""
+    from .stream import STATS_SAMPLE, FolderImages, LazySplit
+
+    root = Path(root)
+    classes = _class_dirs(root / "train")
+    if _class_dirs(root / "test") != classes:
+        test_classes = _class_dirs(root / "test")
+        missing, extra = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
+        raise DataError(
+            f"{root}/test must have the same class folders as {root}/train: "
+            f"missing in test: {missing or 'none'}, not in train: {extra or 'none'}"
+        )
+    splits = {split: _names(root / split, classes) for split in ("train", "test")}
+    names = splits["train"][0]
+    picks = np.unique(np.linspace(0, len(names) - 1, min(STATS_SAMPLE, len(names))).round().astype(np.int64))
+    sample = _decode([(root / os.fsdecode(names[i]), 0) for i in picks], "", False)[0]
+    mode = "L" if sample.shape[1] == 1 else "RGB"
+    size = tuple(sample.shape[2:])
+    made = {split: LazySplit(FolderImages(root, n, mode, size), torch.from_numpy(y)) for split, (n, y) in splits.items()}
+    mean, std = _channel_stats(sample)
+    h, w = size
+    big = h >= 32 and w >= 32
+    info = DatasetInfo(
+        name="imagefolder", num_classes=len(classes), channels=1 if mode == "L" else 3, image_size=(h, w), mean=mean,
+        std=std, crop_pad=4 if big else 0, flip=big, eps=8 / 255, alpha=2 / 255, classes=tuple(classes),
+    )
+    return Data(info, made["train"], made["test"])

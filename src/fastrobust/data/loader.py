@@ -92,11 +92,19 @@ class DeviceLoader:
             raise ConfigError(f"the batch size {batch_size} must be divisible by the number of processes ({world_size})")
         if crop_pad < 0:
             raise ConfigError(f"the crop padding must be 0 or more, got {crop_pad}")
-        self.split = split.to(device)
+        self.split = self._place(split, device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.crop_pad, self.flip, self.drop_last = crop_pad, flip, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+
+    def _place(self, split: Split, device) -> Split:
+        return split.to(device)
+
+    def _order(self) -> torch.Tensor:
+        """The epoch's order of the examples (a CPU tensor): a function of (seed, epoch) only."""
+        n = len(self.split)
+        return torch.randperm(n, generator=_generator(self.seed, self.epoch, "order")) if self.shuffle else torch.arange(n)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation and augmentation the next iteration uses."""
@@ -107,9 +115,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, device = len(self.split), self.split.x.device
-        order = torch.randperm(n, generator=_generator(self.seed, self.epoch, "order")) if self.shuffle else torch.arange(n)
-        order = order.to(device)
+        device = self.split.x.device
+        order = self._order().to(device)
         augmenting = self.crop_pad > 0 or self.flip
         aug_gen = _generator(self.seed, self.epoch, "augment")
         for i in range(len(self)):

@@ -14,6 +14,7 @@ from . import cifar, idx, imagefolder, svhn, user
 from . import download as downloader
 from .core import Data, DatasetInfo, Split
 from .files import default_data_dir
+from .stream import lazy
 
 NO_DOWNLOAD_ENV = "FASTROBUST_NO_DOWNLOAD"
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -106,21 +107,33 @@ def _download_refusal(download: bool | None) -> str | None:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None,
-                 progress: bool = True) -> Data:
+                 progress: bool = True, stream: bool = False) -> Data:
     """Load a data set by name, downloading it into ``data_dir/<name>/`` if it is not found.
 
     ``data_dir`` defaults to :func:`default_data_dir` (``imagefolder`` requires
     it). ``download=None`` downloads unless ``FASTROBUST_NO_DOWNLOAD=1``.
     ``mnist-subset`` ships with the package and ignores both. A ``package.module:factory``
     name calls the user's data factory (see :mod:`fastrobust.data.user`).
+
+    ``stream=True``: each split is a :class:`~.stream.LazySplit`, whose images are read when needed
+    (an image folder is not decoded up front; a user's Datasets are read item by item; the other
+    data sets, small enough to be held, are wrapped as they are).
     """
+    if stream:
+        data = _load(name, data_dir, download, progress, stream=True)
+        return Data(data.info, *(None if s is None else lazy(s) for s in (data.train, data.test, data.val)))
+    return _load(name, data_dir, download, progress)
+
+
+def _load(name, data_dir, download, progress, stream: bool = False) -> Data:
     if is_factory_ref(name):
-        return user.load_factory(name, None if data_dir is None else str(data_dir))
+        return user.load_factory(name, None if data_dir is None else str(data_dir), stream=stream)
     key = _canonical(name)
     if key == "imagefolder":
         if data_dir is None:
             raise ConfigError("the imagefolder data set needs its folder: pass --data-dir DIR, with DIR/train/<class>/ and DIR/test/<class>/")
-        return imagefolder.load(Path(data_dir).expanduser(), progress)
+        root = Path(data_dir).expanduser()
+        return imagefolder.stream(root) if stream else imagefolder.load(root, progress)
     info = DATASETS[key]
     if key == "mnist-subset":
         paths = _locate(_SOURCES["mnist"], [EMBEDDED_DIR / key])

@@ -21,6 +21,7 @@ from ..errors import DataError
 from ..factories import call_factory
 from .core import Data, DatasetInfo, Split
 from .imagefolder import _channel_stats
+from .stream import LazySplit, lazy
 
 #: what ``fastrobust datasets`` and the docs say about ``--dataset package.module:factory``
 FACTORY_HELP = """\
@@ -39,8 +40,9 @@ _INFO_KEYS = {"num_classes", "classes", "eps", "alpha", "crop_pad", "flip"}
 MEMORY_FRACTION = 0.8   # of the available memory that the converted data may take
 
 
-def load_factory(ref: str, data_dir: str | None = None) -> Data:
-    """Call the user's data factory ``ref`` and convert its (train, test[, facts]) into :class:`Data`."""
+def load_factory(ref: str, data_dir: str | None = None, stream: bool = False) -> Data:
+    """Call the user's data factory ``ref`` and convert its (train, test[, facts]) into :class:`Data`
+    (with ``stream``, splits read item by item when needed: :func:`to_lazy_split`)."""
     result = call_factory(ref, "--dataset", {}, {"data_dir": data_dir})
     if isinstance(result, Data):   # already converted (fastrobust.fit)
         return result
@@ -51,8 +53,9 @@ def load_factory(ref: str, data_dir: str | None = None) -> Data:
     if not isinstance(facts, Mapping) or set(facts) - _INFO_KEYS:
         raise DataError(f"--dataset {ref!r}: the third element must be a dict with keys among "
                         f"{', '.join(sorted(_INFO_KEYS))}; got {facts!r}")
-    train = to_split(result[0], f"--dataset {ref!r} train")
-    test = to_split(result[1], f"--dataset {ref!r} test")
+    convert = to_lazy_split if stream else to_split
+    train = convert(result[0], f"--dataset {ref!r} train")
+    test = convert(result[1], f"--dataset {ref!r} test")
     return make_data(ref, train, test, **facts)
 
 
@@ -84,7 +87,8 @@ def make_data(name: str, train: Split, test: Split | None = None, val: Split | N
             bad = split.y[(split.y < 0) | (split.y >= num_classes)][0].item()
             raise DataError(f"{name}: {part} label {bad} is outside [0, {num_classes}); labels must be class indices "
                             f"0..{num_classes - 1}")
-    mean, std = _channel_stats(train.x.numpy())
+    # the channel statistics: of every training image, or of an evenly spaced sample of a streamed split
+    mean, std = _channel_stats((train.sample() if isinstance(train, LazySplit) else train.x).numpy())
     std = tuple(max(s, 1 / 255) for s in std)   # a constant channel: no division by zero
     info = DatasetInfo(name=name, num_classes=num_classes, channels=shape[0], image_size=shape[1:], mean=mean,
                        std=std, crop_pad=int(crop_pad), flip=bool(flip), eps=float(eps), alpha=float(alpha),
@@ -213,3 +217,54 @@ def _from_batches(batches, what: str) -> Split:
     if not xs:
         raise DataError(f"{what}: the DataLoader yielded no batch")
     return Split(torch.cat(xs), torch.cat(ys))
+
+
+def to_lazy_split(data, what: str) -> LazySplit:
+    """``data`` as a :class:`LazySplit` whose items are read (in the DataLoader's workers) when needed.
+
+    A Dataset (or a DataLoader's Dataset) is read item by item; its labels are taken from its ``targets``
+    attribute when it has one (a sequence of integers, as torchvision's data sets), else read once here.
+    A pair of tensors or a Split is already in memory and is wrapped as it is."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        inner = data.dataset
+        if isinstance(inner, torch.utils.data.IterableDataset) or not hasattr(inner, "__getitem__"):
+            raise DataError(f"{what}: streaming needs a Dataset with __len__ and __getitem__; this DataLoader reads an "
+                            f"iterable dataset: pass stream=False (the data is then held in memory)")
+        data = inner
+    if isinstance(data, (Split, LazySplit)) or (isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, (torch.Tensor, np.ndarray)) for t in data)):
+        return lazy(to_split(data, what) if not isinstance(data, LazySplit) else data)
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise DataError(f"{what}: expected a torch Dataset of (image, label) pairs, a DataLoader or a pair of tensors "
+                        f"(x, y); got a {type(data).__name__}")
+    n = len(data)
+    if n == 0:
+        return lazy(to_split(data, what))
+    images = DatasetImages(data, what)
+    targets = getattr(data, "targets", None)
+    if targets is not None and len(targets) == n:
+        y = [_label(v, what, i) for i, v in enumerate(targets)]
+    else:
+        y = [_label(_pair(data[i], what, i)[1], what, i) for i in range(n)]
+    return LazySplit(images, torch.tensor(y, dtype=torch.int64))
+
+
+class DatasetImages:
+    """The images of a user's Dataset, read (and checked, as :func:`to_split` does) when needed."""
+
+    random = True   # it may draw random transforms: seeded per example and epoch (see stream._Items)
+
+    def __init__(self, ds, what: str) -> None:
+        self.ds, self.what = ds, what
+        first = _image(_pair(ds[0], what, 0)[0], what, 0)
+        _to_uint8(first, f"{what} image 0")   # refuses bad pixel values now; warns once about rounding
+        self.shape = tuple(first.shape)
+
+    def image(self, i: int) -> torch.Tensor:
+        img = _image(_pair(self.ds[i], self.what, i)[0], self.what, i)
+        if tuple(img.shape) != self.shape:
+            raise DataError(f"{self.what}: image {i} has shape {tuple(img.shape)} but image 0 has {self.shape}; every "
+                            f"image must have the same shape (resize them in the Dataset)")
+        with warnings.catch_warnings():   # said once, for image 0
+            warnings.simplefilter("ignore")
+            return _to_uint8(img, f"{self.what} image {i}").contiguous()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, FastrobustError
+from ..runfolder import BEST, LAST
 
 FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
@@ -134,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a fastrobust checkpoint, refusing other files with a clear message."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in (BEST, LAST):
             if (path / name).is_file():
                 path = path / name
                 break

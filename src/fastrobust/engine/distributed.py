@@ -307,31 +307,3 @@ def shard_weight(n_local: int, n_global: int, world_size: int) -> float:
 def global_batch_sizes(n: int, batch_size: int) -> list[int]:
     """The size of each global minibatch of an epoch of ``n`` examples (the last one may be smaller)."""
     return [min(batch_size, n - i * batch_size) for i in range(math.ceil(n / batch_size))]
-
-
-def evaluate_sharded(model: nn.Module, split, dist_: Dist, *, seed: int, tag: str, eps: float, steps: int,
-                     alpha: float, loss: str = "ce", batch_size: int = 500, device="cpu", norm: str = "linf") -> dict:
-    """Clean and PGD accuracy of ``model`` on ``split``, shared out among the processes.
-
-    The split is cut into chunks of ``batch_size`` examples; chunk c goes to
-    process ``c mod world_size`` and its PGD random start comes from a generator
-    seeded by ``(seed, tag, c)``. So the result depends only on the weights, the
-    data and the seed: N processes give exactly the numbers of one (on the same
-    kind of device). Returns fractions and ``n`` as :func:`evaluate_split` does.
-    """
-    from ..evaluation import evaluate_split
-
-    n = len(split)
-    if n == 0:
-        return {"clean_acc": None, "robust_acc": None, "n": 0}
-    device = torch.device(device)
-    counts = torch.zeros(2, dtype=torch.float64, device=dist_.device)
-    for chunk in range(dist_.rank, math.ceil(n / batch_size), dist_.world_size):
-        part = split.subset(slice(chunk * batch_size, (chunk + 1) * batch_size))
-        gen = torch.Generator(device=device).manual_seed(derived_seed(seed, tag, chunk))
-        r = evaluate_split(model, part, eps=eps, steps=steps, alpha=alpha, loss=loss, batch_size=batch_size,
-                           device=device, generator=gen, norm=norm)
-        counts += torch.tensor([round(r["clean_acc"] * r["n"]), round(r["robust_acc"] * r["n"])],
-                               dtype=torch.float64, device=dist_.device)
-    clean, robust = dist_.all_reduce_sum(counts).tolist()
-    return {"clean_acc": clean / n, "robust_acc": robust / n, "n": n}

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 from ..errors import FastrobustError
+from ..runfolder import LOCK as LOCK_NAME
 from .checkpoint import write_error
-
-LOCK_NAME = ".lock"
 
 _held: dict[Path, int] = {}   # folder -> how many times this process holds its lock
 

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -29,29 +29,20 @@ from .. import __version__
 from ..attacks import threat_model
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
+from ..data.stream import StreamLoader, lazy
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
+from ..runfolder import RunFolder
 from . import callbacks as _callbacks
 from .checkpoint import (atomic_write_text, build_model, check_model, load_checkpoint, model_spec,
                          remove_temporary_files, save_checkpoint, write_error)
-from .distributed import (Dist, PeerLost, derived_seed, env_world_size, evaluate_sharded, global_batch_sizes,
-                          init_from_env, is_peer_loss, shard_weight)
+from .device import pick_device, sync
+from .distributed import (Dist, PeerLost, derived_seed, env_world_size, global_batch_sizes, init_from_env,
+                          is_peer_loss, shard_weight)
 from .lock import RunLock
 from .schedules import LRSchedule, eps_scale
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .validation import evaluate_sharded
 
 
 class RunLog:
@@ -59,36 +50,37 @@ class RunLog:
 
     def __init__(self, out: Path, enabled: bool, echo: Callable[[str], None] = print, callbacks=()):
         self.out, self.enabled, self.echo = out, enabled, echo
+        self.folder = RunFolder(out)
         self.callbacks = list(callbacks) if enabled else []   # see .callbacks: called in the main process
 
     def info(self, line: str) -> None:
         if self.enabled:
             self.echo(line)
-            self._append("train.log", line + "\n")
+            self._append(self.folder.log, line + "\n")
 
     def note(self, line: str) -> None:
         """A line for train.log only (an error that the command line prints itself)."""
         if self.enabled:
-            self._append("train.log", line + "\n")
+            self._append(self.folder.log, line + "\n")
 
     def metrics(self, record: dict) -> None:
         if self.enabled:   # standard JSON: a NaN or infinite number is written as null
-            self._append("metrics.jsonl", json.dumps(finite_json(record), allow_nan=False) + "\n")
+            self._append(self.folder.metrics, json.dumps(finite_json(record), allow_nan=False) + "\n")
             _callbacks.call(self.callbacks, "on_epoch_end", dict(record))
 
     def checkpoint(self, path: Path) -> None:
         _callbacks.call(self.callbacks, "on_checkpoint", path)
 
-    def _append(self, name: str, text: str) -> None:
+    def _append(self, path: Path, text: str) -> None:
         try:
-            with open(self.out / name, "a") as fh:
+            with open(path, "a") as fh:
                 fh.write(text)
         except OSError as exc:
-            raise write_error(self.out / name, exc) from None
+            raise write_error(path, exc) from None
 
     def keep_metrics_before(self, epoch: int) -> None:
         """On resume, drop metric lines of epochs that the checkpoint does not cover."""
-        path = self.out / "metrics.jsonl"
+        path = self.folder.metrics
         if self.enabled and path.exists():
             lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= epoch]
             atomic_write_text(path, "".join(l + "\n" for l in lines))
@@ -126,7 +118,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     known_info = DATASETS.get(cfg.dataset)
     if known_info is not None:
         _resolve_and_check(cfg, known_info, method_cls)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = load_dataset(cfg.dataset, cfg.data_dir, stream=cfg.stream)
     resolved = _resolve_and_check(cfg, data.info, method_cls)
     train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed) if data.val is None \
         else (data.train, data.val)   # a validation split given with the data
@@ -238,19 +230,13 @@ def _resume_config(cfg: TrainConfig, resume: bool, given: set[str] | None = None
     out = Path(cfg.out) if cfg.out else None
     if resume:
         out = out or default_out_dir(cfg)
-        if not (out / "last.pt").is_file() and not (out / "config.yaml").is_file():
+        if not RunFolder(out).last.is_file() and not RunFolder(out).config.is_file():
             hint = " Under torchrun on several machines --out must be a folder that every machine sees." \
                 if env_world_size() > 1 else ""
             raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with "
                                   f"--out {out}?).{hint}")
         cfg = _merge_for_resume(cfg, out, given)
     return cfg, out
-
-
-# files of a run (their temporary files of killed writes are removed when a run starts), and those
-# of an earlier attempt that never reached its first checkpoint (removed when it starts again)
-_RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "lock")
-_ATTEMPT_FILES = ("metrics.jsonl", "best.pt", "summary.json", "eval.json", "curves.png")
 
 
 def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool, locks: list) -> tuple[Path, list[str]]:
@@ -261,22 +247,22 @@ def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool, locks: list) ->
     lock = RunLock(out, "fastrobust train" + (" --resume" if resume else ""))
     lock.acquire()
     locks.append(lock)
-    notes = []
-    has_checkpoint = (out / "last.pt").is_file()
-    if not resume and (has_checkpoint or (out / "summary.json").exists()):
+    notes, folder = [], RunFolder(out)
+    has_checkpoint = folder.last.is_file()
+    if not resume and (has_checkpoint or folder.summary.exists()):
         raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if not has_checkpoint and (out / "config.yaml").is_file():
+    if not has_checkpoint and folder.config.is_file():
         # an attempt that stopped before its first checkpoint: the same run may start again there
-        diffs = _differences(cfg, load_yaml(out / "config.yaml"))
+        diffs = _differences(cfg, load_yaml(folder.config))
         if diffs:
             raise FastrobustError(f"{out} holds the config.yaml of another run that stopped before its first "
                                   f"checkpoint ({'; '.join(diffs[:3])}): choose another --out, or delete {out} to "
                                   f"start this run there")
-        for name in _ATTEMPT_FILES:
+        for name in RunFolder.ATTEMPT:
             (out / name).unlink(missing_ok=True)
         notes.append(f"{out} holds an attempt of this run that stopped before its first checkpoint: starting "
                      f"again from epoch 0 (its metrics removed)")
-    removed = remove_temporary_files(out, _RUN_FILES)
+    removed = remove_temporary_files(out, RunFolder.WRITTEN)
     if removed:
         notes.append(f"removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(removed)}")
     return out, notes
@@ -287,8 +273,9 @@ def _differences(cfg: TrainConfig, saved: dict) -> list[str]:
     import yaml
 
     mine = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
-    return [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in mine.items()
-            if key not in _RESUME_FREE and saved.get(key) != value]
+    defaults = TrainConfig().to_dict()   # a key newer than the saved file: that run had its default
+    return [f"{key} {saved.get(key, defaults[key])!r} there, {value!r} now" for key, value in mine.items()
+            if key not in _RESUME_FREE and saved.get(key, defaults[key]) != value]
 
 
 def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared:
@@ -310,22 +297,92 @@ def _prepare_for(cfg: TrainConfig, dist: Dist, device: torch.device) -> Prepared
     return prep
 
 
+# ---- one training job, in parts -------------------------------------------------------------------
+# _train runs them in order: _setup_run (data, folder, model, optimizer, method, resume), then per epoch
+# _train_epoch (each minibatch through _train_batch) and _end_epoch (validation -> best selection ->
+# checkpoints), then _finish (test evaluation of the best checkpoint, summary.json). fastrobust.train
+# and fastrobust.fit both come here.
+
 def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
            progress: bool | None, echo: Callable[[str], None], locks: list, user_callbacks=()) -> dict:
+    run = _setup_run(cfg, out, dist, device, resume, progress, echo, locks, user_callbacks)
+    for epoch in range(run.state["epoch"], run.cfg.epochs):
+        result = _train_epoch(run, epoch)
+        _end_epoch(run, result)
+    return _finish(run)
+
+
+@dataclass
+class Run:
+    """What one training job holds while it runs (built by :func:`_setup_run`)."""
+
+    cfg: TrainConfig
+    prep: Prepared
+    folder: RunFolder
+    dist: Dist
+    device: torch.device
+    log: RunLog
+    progress: bool | None
+    loader: object                 # iterates this process's (x, y) minibatches; set_epoch(e) selects the epoch
+    spec: dict                     # how to rebuild the model (saved in every checkpoint)
+    raw_model: torch.nn.Module     # the model itself (its state_dict is what checkpoints hold)
+    model: torch.nn.Module         # what the method trains: raw_model, or its DDP / compiled wrapper
+    params: list
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: LRSchedule
+    method_cls: type
+    method: object
+    autocast: Callable
+    sizes: list[int]               # the global minibatch sizes of an epoch
+    val_alpha: float
+    # epoch: epochs done; passes, train_seconds, train_cpu_seconds: totals so far;
+    # best_score, best_epoch: the checkpoint selection (see _select_best)
+    state: dict = field(default_factory=lambda: {"epoch": 0, "passes": 0.0, "train_seconds": 0.0,
+                                                 "train_cpu_seconds": 0.0, "best_score": [-1.0, -1.0],
+                                                 "best_epoch": 0})
+    # Each process backpropagates its shard's mean loss times this weight, so that DDP's average of
+    # the processes' gradients is the gradient of the global minibatch's mean loss (weight 1 when
+    # the shards are equal, i.e. for every minibatch but perhaps the last of an epoch).
+    loss_weight: float = 1.0
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
+
+
+@dataclass
+class EpochResult:
+    """One epoch's training, summed over the processes (see :func:`_train_epoch`)."""
+
+    epoch: int            # 1-based: the number of epochs done after it
+    lr: float             # of the epoch's last minibatch
+    eps: float            # of the epoch's last minibatch (after warm-up)
+    loss: float           # mean training loss
+    acc: float            # training accuracy (on the method's training logits)
+    passes: float         # forward-backward passes per training example
+    seconds: float        # wall seconds (of the slowest process)
+    cpu_seconds: float    # CPU seconds (summed over the processes)
+
+
+def _setup_run(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device, resume: bool,
+               progress: bool | None, echo: Callable[[str], None], locks: list, user_callbacks=()) -> Run:
+    """Load the data, claim and lock the run folder, build the model, optimizer and method, and restore
+    them from last.pt when resuming; returns the :class:`Run`."""
     prep = dist.local_main_first(lambda: _prepare_for(cfg, dist, device))
     cfg, info = prep.cfg, prep.info
     out, notes = dist.on_main(lambda: _claim_out(cfg, out, resume, locks))
+    folder = RunFolder(out)
     cfg.out = str(out)
     # resuming a folder that holds no checkpoint yet (stopped in its first epoch): start from epoch 0
-    resume = resume and dist.on_main(lambda: (out / "last.pt").is_file())
-    dist.main_only(lambda: save_yaml(cfg, out / "config.yaml"))
+    resume = resume and dist.on_main(lambda: folder.last.is_file())
+    dist.main_only(lambda: save_yaml(cfg, folder.config))
     log = RunLog(out, dist.is_main, echo, _callbacks.build(cfg.log, out, user_callbacks) if dist.is_main else ())
     for line in notes + prep.notes:
         log.info(line)
     torch.manual_seed(cfg.seed + dist.rank)
 
-    loader = DeviceLoader(prep.train, cfg.batch_size, shuffle=True, device=device, seed=cfg.seed,
-                          crop_pad=info.crop_pad, flip=info.flip, rank=dist.rank, world_size=dist.world_size)
+    loader = _make_loader(prep, dist, device)
     spec = model_spec(cfg.model, info, cfg.model_options, cfg.normalize)
     model = build_model(spec).to(device)
     if cfg.channels_last:
@@ -350,53 +407,15 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
                       threat=threat_model(cfg.norm), eps=cfg.eps, alpha=cfg.alpha, eps_warmup=cfg.eps_warmup),
         **cfg.method_params,
     )
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    run = Run(cfg=cfg, prep=prep, folder=folder, dist=dist, device=device, log=log, progress=progress, loader=loader,
+              spec=spec, raw_model=raw_model, model=model, params=params, opt=opt, scaler=scaler, schedule=schedule,
+              method_cls=method_cls, method=method, autocast=autocast,
+              sizes=global_batch_sizes(len(prep.train), cfg.batch_size),
+              val_alpha=recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info)))
 
-    # Each process backpropagates its shard's mean loss times this weight, so that DDP's average of
-    # the processes' gradients is the gradient of the global minibatch's mean loss (weight 1 when
-    # the shards are equal, i.e. for every minibatch but perhaps the last of an epoch).
-    weight = {"loss": 1.0}
-
-    def step(loss: torch.Tensor, wrt: torch.Tensor | None = None):
-        opt.zero_grad(set_to_none=True)
-        if wrt is not None:
-            wrt.grad = None
-        if weight["loss"] != 1.0:
-            loss = loss * weight["loss"]
-        scaler.scale(loss).backward()
-        grad = None
-        if wrt is not None:
-            grad = wrt.grad.detach()
-            if scaler.is_enabled():
-                grad = grad / scaler.get_scale()
-            if dist.enabled:   # the gradient of the global minibatch's mean loss, as with one process
-                grad = grad / dist.world_size
-        if cfg.grad_clip is not None:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        dist.average_buffers(raw_model)
-        return grad
-
-    state = {"epoch": 0, "passes": 0.0, "train_seconds": 0.0, "train_cpu_seconds": 0.0, "best_score": [-1.0, -1.0], "best_epoch": 0}
     if resume:
-        ckpt = dist.agree(lambda: load_checkpoint(out / "last.pt"))
-        raw_model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        saved = ckpt.get("ranks") or [{"rng": ckpt["rng"], "method": ckpt["method"]}]
-        mine = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
-        method.load_state_dict(mine["method"])
-        if len(saved) == dist.world_size or dist.is_main:
-            _set_rng(mine["rng"], device)
-        else:   # another number of processes than when saved: fresh streams for the other processes
-            torch.manual_seed(derived_seed(cfg.seed, state["epoch"], dist.rank))
-        log.keep_metrics_before(state["epoch"])
-        dist.main_only(lambda: _restore_best(out, ckpt, spec))
-        log.info(f"resuming {out} after epoch {state['epoch']}" + (
-            f" with {dist.world_size} processes (saved with {len(saved)}: the other processes start fresh random "
-            f"streams and take process 0's method state)" if len(saved) != dist.world_size else ""))
+        _restore(run)
     else:
         log.info(f"training {cfg.method} on {cfg.dataset} ({len(prep.train)} train / {len(prep.val)} val / "
                  f"{len(prep.test)} test) with {cfg.model} on {device}, eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, "
@@ -407,122 +426,246 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
                  + (", SyncBatchNorm" if cfg.sync_bn else ""))
     elif cfg.sync_bn:
         log.info("--sync-bn has no effect with one process")
-
-    val_alpha = recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info))
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    n_batches = len(loader)
-    sizes = global_batch_sizes(len(prep.train), cfg.batch_size)
-    if dist.enabled and sizes[-1] < dist.world_size:
-        log.info(f"the last minibatch of each epoch ({sizes[-1]} example(s), fewer than the {dist.world_size} "
+    if dist.enabled and run.sizes[-1] < dist.world_size:
+        log.info(f"the last minibatch of each epoch ({run.sizes[-1]} example(s), fewer than the {dist.world_size} "
                  f"processes) is skipped")
+    return run
 
-    for epoch in range(state["epoch"], cfg.epochs):
-        loader.set_epoch(epoch)
-        model.train()
-        # loss*n, correct, n, passes, minibatches with a non-finite loss, non-finite weights
-        totals = torch.zeros(6, dtype=torch.float64, device=device)
-        seen_n, passes_n = 0, 0.0
-        _sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=True if not dist.is_main else (None if progress is None else not progress))
-        for i, (x, y) in enumerate(bar):
-            if sizes[i] < dist.world_size:
-                continue   # some process would get no example (the same on every process)
-            weight["loss"] = shard_weight(len(y), sizes[i], dist.world_size)
-            t = epoch + i / n_batches
-            lr = schedule(t)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            scale = eps_scale(t, cfg.eps_warmup)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out_b = method.train_batch(model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), step)
-            # per-batch bookkeeping in place on the device (no host sync): loss*n, correct; n and passes are numbers
-            loss_b = out_b.loss.detach()
-            totals[0].add_(loss_b, alpha=len(y))
-            totals[1].add_((out_b.logits.argmax(1) == y).sum())
-            totals[4].add_(~torch.isfinite(loss_b).all())   # the on-device NaN/inf flag, read once per epoch
-            seen_n += len(y)
-            passes_n += out_b.passes
-            if i % 10 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{out_b.loss.item():.3f}", lr=f"{lr:.3g}")
-        method.on_epoch_end(epoch)
-        _sync(device)
-        epoch_seconds = time.perf_counter() - start
-        # CPU seconds of this process (all its threads): unlike wall time, barely moved by other
-        # processes sharing the machine; equals wall time x threads when the threads are busy.
-        # Over several processes: wall seconds of the slowest, CPU seconds summed.
-        epoch_cpu_seconds = time.process_time() - cpu_start
-        totals[2], totals[3] = seen_n, passes_n
-        totals[5] = _non_finite_tensors(raw_model)   # checked before any checkpoint is written
-        loss_sum, correct, seen, passes, bad_batches, bad_weights = dist.all_reduce_sum(totals).tolist()
-        epoch_seconds, epoch_cpu_seconds = _reduce_seconds(dist, epoch_seconds, epoch_cpu_seconds)
-        if bad_batches or bad_weights or not math.isfinite(loss_sum):
-            stop = _diverged(cfg, epoch, state, int(bad_batches), n_batches, bool(bad_weights), dist)
-            # the epoch's record without accuracies (no model of it was evaluated or saved)
-            dist.main_only(lambda: (log.metrics({"epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
-                                                 "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                                                 "val_clean_acc": None, "val_robust_acc": None,
-                                                 "non_finite": True}),
-                                    log.note(f"error: {stop}")))
-            raise stop
-        epoch_passes = passes / (len(prep.train))
-        state["passes"] += epoch_passes
-        state["train_seconds"] += epoch_seconds
-        state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + epoch_cpu_seconds
 
-        val = evaluate_sharded(raw_model, prep.val, dist, seed=cfg.seed, tag="val", eps=cfg.eps, steps=cfg.val_steps,
-                               alpha=val_alpha, loss="cw", norm=cfg.norm, batch_size=cfg.eval_batch_size, device=device)
-        record = {
-            "epoch": epoch + 1, "lr": lr, "eps": cfg.eps * scale,
-            "train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
-            "epoch_passes": epoch_passes, "passes": state["passes"],
-            "epoch_seconds": epoch_seconds, "train_seconds": state["train_seconds"],
-            "epoch_cpu_seconds": epoch_cpu_seconds, "train_cpu_seconds": state["train_cpu_seconds"],
-            **method.state(),
-        }
-        state["epoch"] = epoch + 1
-        # best = highest validation robust accuracy, ties broken by clean accuracy, or the other way
-        # round for a method that selects by clean accuracy (natural training); no split: the last epoch
-        score = [val["robust_acc"], val["clean_acc"]] if val["n"] else [0.0, 0.0]
-        if method_cls.selects_by == "clean":
-            score.reverse()
-        improved = val["n"] == 0 or score > state["best_score"]
+def _make_loader(prep: Prepared, dist: Dist, device: torch.device):
+    """The training minibatches of this process: the whole split held on the device, or with --stream read
+    by a DataLoader's workers (the same minibatches: see :mod:`fastrobust.data.stream`)."""
+    cfg, info = prep.cfg, prep.info
+    common = dict(shuffle=True, device=device, seed=cfg.seed, crop_pad=info.crop_pad, flip=info.flip,
+                  rank=dist.rank, world_size=dist.world_size)
+    if cfg.stream:
+        return StreamLoader(lazy(prep.train), cfg.batch_size, workers=cfg.workers, **common)
+    return DeviceLoader(prep.train, cfg.batch_size, **common)
+
+
+def _restore(run: Run) -> None:
+    """Continue from last.pt: weights, optimizer, loss scaler, method state, counters and random streams."""
+    dist, device, log, out = run.dist, run.device, run.log, run.out
+    ckpt = dist.agree(lambda: load_checkpoint(run.folder.last))
+    run.raw_model.load_state_dict(ckpt["model"])
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.state = state = ckpt["state"]
+    saved = ckpt.get("ranks") or [{"rng": ckpt["rng"], "method": ckpt["method"]}]
+    mine = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
+    run.method.load_state_dict(mine["method"])
+    if len(saved) == dist.world_size or dist.is_main:
+        _set_rng(mine["rng"], device)
+    else:   # another number of processes than when saved: fresh streams for the other processes
+        torch.manual_seed(derived_seed(run.cfg.seed, state["epoch"], dist.rank))
+    log.keep_metrics_before(state["epoch"])
+    dist.main_only(lambda: _restore_best(out, ckpt, run.spec))
+    log.info(f"resuming {out} after epoch {state['epoch']}" + (
+        f" with {dist.world_size} processes (saved with {len(saved)}: the other processes start fresh random "
+        f"streams and take process 0's method state)" if len(saved) != dist.world_size else ""))
+
+
+def _make_step(run: Run) -> Callable:
+    """The ``step(loss, wrt=None)`` that methods call: one optimizer step on ``loss`` (returning the
+    gradient with respect to ``wrt`` when given, for methods that reuse it)."""
+    cfg, dist, opt, scaler = run.cfg, run.dist, run.opt, run.scaler
+
+    def step(loss: torch.Tensor, wrt: torch.Tensor | None = None):
+        opt.zero_grad(set_to_none=True)
+        if wrt is not None:
+            wrt.grad = None
+        if run.loss_weight != 1.0:
+            loss = loss * run.loss_weight
+        scaler.scale(loss).backward()
+        grad = None
+        if wrt is not None:
+            grad = wrt.grad.detach()
+            if scaler.is_enabled():
+                grad = grad / scaler.get_scale()
+            if dist.enabled:   # the gradient of the global minibatch's mean loss, as with one process
+                grad = grad / dist.world_size
+        if cfg.grad_clip is not None:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        dist.average_buffers(run.raw_model)
+        return grad
+
+    return step
+
+
+# the per-epoch sums of _train_epoch (float64, on the device): loss*n, correct, n, passes,
+# minibatches with a non-finite loss, non-finite weights
+_LOSS, _CORRECT, _SEEN, _PASSES, _BAD_BATCHES, _BAD_WEIGHTS = range(6)
+
+
+def _train_batch(run: Run, step: Callable, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor,
+                 totals: torch.Tensor) -> tuple[float, float, object]:
+    """The method's work on minibatch ``i`` of ``epoch`` at its learning rate and eps; adds its loss, correct
+    predictions and non-finite flag to ``totals`` in place on the device (no host sync).
+    Returns (lr, eps scale, the method's output)."""
+    cfg = run.cfg
+    run.loss_weight = shard_weight(len(y), run.sizes[i], run.dist.world_size)
+    t = epoch + i / len(run.loader)
+    lr = run.schedule(t)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    scale = eps_scale(t, cfg.eps_warmup)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with run.autocast():
+        out_b = run.method.train_batch(run.model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), step)
+    loss_b = out_b.loss.detach()
+    totals[_LOSS].add_(loss_b, alpha=len(y))
+    totals[_CORRECT].add_((out_b.logits.argmax(1) == y).sum())
+    totals[_BAD_BATCHES].add_(~torch.isfinite(loss_b).all())   # the on-device NaN/inf flag, read once per epoch
+    return lr, scale, out_b
+
+
+def _train_epoch(run: Run, epoch: int) -> EpochResult:
+    """Train one epoch (every process its shard of each global minibatch), add its passes and seconds to
+    the run's totals, and return its result; a NaN or infinite loss or weight raises :class:`TrainingDiverged`."""
+    cfg, dist, device, loader = run.cfg, run.dist, run.device, run.loader
+    step = _make_step(run)
+    n_batches = len(loader)
+    loader.set_epoch(epoch)
+    run.model.train()
+    totals = torch.zeros(6, dtype=torch.float64, device=device)
+    seen_n, passes_n = 0, 0.0
+    lr = scale = None
+    sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=True if not dist.is_main else (None if run.progress is None else not run.progress))
+    for i, (x, y) in enumerate(bar):
+        if run.sizes[i] < dist.world_size:
+            continue   # some process would get no example (the same on every process)
+        lr, scale, out_b = _train_batch(run, step, epoch, i, x, y, totals)
+        seen_n += len(y)
+        passes_n += out_b.passes
+        if i % 10 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{out_b.loss.item():.3f}", lr=f"{lr:.3g}")
+    run.method.on_epoch_end(epoch)
+    sync(device)
+    epoch_seconds = time.perf_counter() - start
+    # CPU seconds of this process (all its threads): unlike wall time, barely moved by other
+    # processes sharing the machine; equals wall time x threads when the threads are busy.
+    # Over several processes: wall seconds of the slowest, CPU seconds summed.
+    epoch_cpu_seconds = time.process_time() - cpu_start
+    totals[_SEEN], totals[_PASSES] = seen_n, passes_n
+    totals[_BAD_WEIGHTS] = _non_finite_tensors(run.raw_model)   # checked before any checkpoint is written
+    loss_sum, correct, seen, passes, bad_batches, bad_weights = dist.all_reduce_sum(totals).tolist()
+    epoch_seconds, epoch_cpu_seconds = _reduce_seconds(dist, epoch_seconds, epoch_cpu_seconds)
+    result = EpochResult(epoch + 1, lr, cfg.eps * scale, loss_sum / seen, correct / seen,
+                         passes / len(run.prep.train), epoch_seconds, epoch_cpu_seconds)
+    if bad_batches or bad_weights or not math.isfinite(loss_sum):
+        _stop_diverged(run, result, int(bad_batches), n_batches, bool(bad_weights))
+    state = run.state
+    state["passes"] += result.passes
+    state["train_seconds"] += result.seconds
+    state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + result.cpu_seconds
+    return result
+
+
+def _stop_diverged(run: Run, result: EpochResult, bad_batches: int, n_batches: int, bad_weights: bool) -> None:
+    """Log the diverged epoch's record (without accuracies: no model of it is evaluated or saved) and stop."""
+    stop = _diverged(run.cfg, result.epoch - 1, run.state, bad_batches, n_batches, bad_weights, run.dist)
+    log = run.log
+    run.dist.main_only(lambda: (log.metrics({"epoch": result.epoch, "lr": result.lr, "eps": result.eps,
+                                             "train_loss": result.loss, "train_acc": result.acc,
+                                             "val_clean_acc": None, "val_robust_acc": None, "non_finite": True}),
+                                log.note(f"error: {stop}")))
+    raise stop
+
+
+def _end_epoch(run: Run, result: EpochResult) -> None:
+    """After an epoch's training: validation -> best-checkpoint selection -> the epoch's record and checkpoints."""
+    val = _validate(run)
+    record = _epoch_record(run, result, val)
+    run.state["epoch"] = result.epoch
+    improved = _select_best(run, val, result.epoch)
+    _save_checkpoints(run, record, improved)
+
+
+def _validate(run: Run) -> dict:
+    """Clean and PGD (CW loss, --val-steps) accuracy on the validation split, shared out among the processes."""
+    cfg = run.cfg
+    return evaluate_sharded(run.raw_model, run.prep.val, run.dist, seed=cfg.seed, tag="val", eps=cfg.eps,
+                            steps=cfg.val_steps, alpha=run.val_alpha, loss="cw", norm=cfg.norm,
+                            batch_size=cfg.eval_batch_size, device=run.device)
+
+
+def _epoch_record(run: Run, result: EpochResult, val: dict) -> dict:
+    """The epoch's line of metrics.jsonl."""
+    state = run.state
+    return {
+        "epoch": result.epoch, "lr": result.lr, "eps": result.eps,
+        "train_loss": result.loss, "train_acc": result.acc,
+        "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
+        "epoch_passes": result.passes, "passes": state["passes"],
+        "epoch_seconds": result.seconds, "train_seconds": state["train_seconds"],
+        "epoch_cpu_seconds": result.cpu_seconds, "train_cpu_seconds": state["train_cpu_seconds"],
+        **run.method.state(),
+    }
+
+
+def _select_best(run: Run, val: dict, epoch: int) -> bool:
+    """Whether the model after ``epoch`` is the best so far (then recorded in the run's state).
+
+    Best = highest validation robust accuracy, ties broken by clean accuracy, or the other way round
+    for a method that selects by clean accuracy (natural training); no validation split: the last epoch."""
+    state = run.state
+    score = [val["robust_acc"], val["clean_acc"]] if val["n"] else [0.0, 0.0]
+    if run.method_cls.selects_by == "clean":
+        score.reverse()
+    improved = val["n"] == 0 or score > state["best_score"]
+    if improved:
+        state["best_score"], state["best_epoch"] = score, epoch
+    return improved
+
+
+def _save_checkpoints(run: Run, record: dict, improved: bool) -> None:
+    """Write the epoch's record and log line, last.pt (everything to resume exactly) and, if ``improved``,
+    best.pt (the model only); the main process writes, every process takes part."""
+    dist, device, folder, log = run.dist, run.device, run.folder, run.log
+    # every process's random state and method state (e.g. a carried perturbation), for an exact resume
+    ranks = dist.gather_objects({"rng": _rng_state(device), "method": run.method.state_dict()}) if dist.enabled else None
+    state = run.state
+
+    def save() -> None:
+        log.metrics(record)
+        log.info(_epoch_line(record, run.cfg.epochs))
+        payload = {"model_spec": run.spec, "model": run.raw_model.state_dict(), "config": run.cfg.to_dict(),
+                   "epoch": state["epoch"], "version": __version__}
+        # last.pt first: a process killed while writing best.pt leaves a resumable folder, and
+        # resuming rewrites best.pt from last.pt when it is the best (see _restore_best)
+        extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
+        save_checkpoint(folder.last, {**payload, "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
+                                      "method": run.method.state_dict(), "state": dict(state),
+                                      "rng": _rng_state(device), **extra})
+        log.checkpoint(folder.last)
         if improved:
-            state["best_score"], state["best_epoch"] = score, epoch + 1
-        # every process's random state and method state (e.g. a carried perturbation), for an exact resume
-        ranks = dist.gather_objects({"rng": _rng_state(device), "method": method.state_dict()}) if dist.enabled else None
+            save_checkpoint(folder.best, payload)
+            log.checkpoint(folder.best)
 
-        def save() -> None:
-            log.metrics(record)
-            log.info(_epoch_line(record, cfg.epochs))
-            payload = {"model_spec": spec, "model": raw_model.state_dict(), "config": cfg.to_dict(),
-                       "epoch": epoch + 1, "version": __version__}
-            # last.pt first: a process killed while writing best.pt leaves a resumable folder, and
-            # resuming rewrites best.pt from last.pt when it is the best (see _restore_best)
-            extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
-            save_checkpoint(out / "last.pt", {**payload, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                                              "method": method.state_dict(), "state": dict(state),
-                                              "rng": _rng_state(device), **extra})
-            log.checkpoint(out / "last.pt")
-            if improved:
-                save_checkpoint(out / "best.pt", payload)
-                log.checkpoint(out / "best.pt")
+    dist.main_only(save)
 
-        dist.main_only(save)
 
-    # final test evaluation of the best checkpoint (read by the main process, sent to the others)
-    dist.main_only(lambda: raw_model.load_state_dict(load_checkpoint(out / "best.pt")["model"]))
+def _finish(run: Run) -> dict:
+    """Evaluate the best checkpoint on the test split (shared out among the processes), write summary.json
+    and return the summary (on every process)."""
+    cfg, dist, device, folder, log, state, info = run.cfg, run.dist, run.device, run.folder, run.log, run.state, run.prep.info
+    raw_model = run.raw_model
+    # read by the main process, sent to the others
+    dist.main_only(lambda: raw_model.load_state_dict(load_checkpoint(folder.best)["model"]))
     dist.broadcast_module(raw_model)
     test_alpha = recipe_step(cfg.eps, cfg.test_steps, recipe_ratio(cfg.norm, info))
-    test = evaluate_sharded(raw_model, prep.test, dist, seed=cfg.seed, tag="test", eps=cfg.eps, steps=cfg.test_steps,
+    test = evaluate_sharded(raw_model, run.prep.test, dist, seed=cfg.seed, tag="test", eps=cfg.eps, steps=cfg.test_steps,
                             alpha=test_alpha, loss="ce", norm=cfg.norm, batch_size=cfg.eval_batch_size, device=device)
 
     def finish() -> dict:
-        records = _read_metrics(out)
+        records = _read_metrics(folder.path)
         best_rec = next((r for r in records if r["epoch"] == state["best_epoch"]), {})
         summary = {
             "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
@@ -539,10 +682,10 @@ def _train(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.device,
             "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
             "torch_version": torch.__version__, "fastrobust_version": __version__,
         }
-        atomic_write_text(out / "summary.json", json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(folder.summary, json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n")
         log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
                  f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
-                 f"{state['train_seconds']:.1f} s training -> {out / 'summary.json'}")
+                 f"{state['train_seconds']:.1f} s training -> {folder.summary}")
         _callbacks.call(log.callbacks, "on_train_end", summary)
         return summary
 
@@ -584,7 +727,7 @@ def _restore_best(out: Path, ckpt: dict, spec: dict) -> None:
     state = ckpt["state"]
     if state.get("best_epoch") != state.get("epoch"):
         return
-    path = out / "best.pt"
+    path = RunFolder(out).best
     try:
         current = load_checkpoint(path)["epoch"] if path.is_file() else None
     except FastrobustError:
@@ -631,12 +774,12 @@ _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", 
 
 
 def _read_metrics(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
+    path = RunFolder(out).metrics
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 # keys that may differ when resuming (they do not change the result)
-_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log"}
+_RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log", "workers"}
 
 
 def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None) -> TrainConfig:
@@ -645,7 +788,7 @@ def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None
     ``given``: the keys given explicitly (on the command line or in --config), each compared with
     the saved value even where it equals the default (``--method pgd`` on a natural run is refused);
     None: the keys whose value differs from the default."""
-    saved = TrainConfig().update(load_yaml(out / "config.yaml"), f"{out / 'config.yaml'}")
+    saved = TrainConfig().update(load_yaml(RunFolder(out).config), f"{RunFolder(out).config}")
     values = cfg.to_dict()
     defaults = TrainConfig().to_dict()
     explicit = (lambda key: key in given) if given is not None else (lambda key: values[key] != defaults[key])

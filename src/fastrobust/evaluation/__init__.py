@@ -5,17 +5,26 @@ worst case over all of them, and checks against gradient masking.
 >>> evaluate(model, x, y, attacks="clean,pgd20,aa", eps=8 / 255)      # any nn.Module on [0,1] images
 >>> evaluate_checkpoint("runs/pgd", attacks="clean,pgd20,cw20,aa")    # writes runs/pgd/eval.json
 
-``evaluate_split`` is the small clean/PGD evaluation the training engine runs.
+The small clean/PGD evaluation that training runs each epoch is the engine's
+(:mod:`fastrobust.engine.validation`); ``evaluate_split`` and ``to_float`` are still importable from here.
 """
 
 from .checks import DETERMINISM_TOLERANCE, GAP_THRESHOLD, PROBE_SIZE, SQUARE_TOLERANCE, STEPS_TOLERANCE
 from .core import PROTOCOL, BrokenModelWarning, GradientMaskingWarning, adversarial_examples, evaluate
 from .runs import evaluate_checkpoint, format_report, output_path
 from .specs import VALID_NAMES, AttackSpec, parse_attacks, run_order, spec_of
-from .split import evaluate_split, to_float
 
 __all__ = [
     "DETERMINISM_TOLERANCE", "GAP_THRESHOLD", "PROBE_SIZE", "PROTOCOL", "SQUARE_TOLERANCE", "STEPS_TOLERANCE",
     "VALID_NAMES", "AttackSpec", "BrokenModelWarning", "GradientMaskingWarning", "adversarial_examples", "evaluate", "evaluate_checkpoint",
     "evaluate_split", "format_report", "output_path", "parse_attacks", "run_order", "spec_of", "to_float",
 ]
+
+
+def __getattr__(name: str):
+    # moved to the engine (the only user); imported on demand so that evaluation never imports the engine
+    if name in ("evaluate_split", "to_float"):
+        from ..engine import validation
+
+        return getattr(validation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

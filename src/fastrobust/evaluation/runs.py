@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import recipe_ratio
 from ..errors import ConfigError, FastrobustError
+from ..runfolder import RunFolder
 from .core import check_count, check_eps, check_norm, evaluate
 from .specs import parse_attacks
 
@@ -18,7 +19,7 @@ def output_path(path: str | Path, out: str | Path | None = None) -> Path:
     if out is not None:
         return Path(out)
     path = Path(path)
-    return path / "eval.json" if path.is_dir() else path.with_name(path.stem + ".eval.json")
+    return RunFolder(path).eval if path.is_dir() else path.with_name(path.stem + ".eval.json")
 
 
 def _locate(path: Path) -> tuple[Path, Path | None]:
@@ -27,10 +28,10 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
         raise FastrobustError(f"{path} does not exist: give a run directory written by `fastrobust train --out DIR` "
                               "or a fastrobust .pt checkpoint")
     if path.is_dir():
-        if not (path / "best.pt").is_file():
+        if not RunFolder(path).best.is_file():
             raise FastrobustError(f"{path} holds no best.pt: is it a run directory of `fastrobust train`? (A run "
                                   "stopped before its first epoch ended has no checkpoint yet.)")
-        return path / "best.pt", path
+        return RunFolder(path).best, path
     return path, None
 
 
@@ -38,8 +39,8 @@ def _run_config(payload: dict, run_dir: Path | None) -> dict:
     from ..config import load_yaml
 
     config = dict(payload.get("config") or {})
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        config.update(load_yaml(run_dir / "config.yaml"))
+    if run_dir is not None and RunFolder(run_dir).config.is_file():
+        config.update(load_yaml(RunFolder(run_dir).config))
     if not config.get("dataset"):
         raise FastrobustError("the checkpoint names no data set in its configuration; evaluate its model with "
                               "fastrobust.evaluation.evaluate(fastrobust.load_model(path), x, y, eps=...) instead")
@@ -71,9 +72,9 @@ def evaluate_checkpoint(
     Returns the dict of :func:`fastrobust.evaluation.evaluate` with ``checkpoint``,
     ``dataset``, ``test_subset``, ``model``, ``method`` and ``epoch`` added.
     """
-    from ..data import load_dataset, take_subset
+    from ..data import Split, load_dataset, take_subset
     from ..engine.checkpoint import atomic_write_text, check_writable, load_checkpoint, model_from_checkpoint
-    from ..engine.trainer import pick_device
+    from ..engine.device import pick_device
 
     names = parse_attacks(attacks)          # refuse bad input before loading anything
     if norm is not None:
@@ -96,9 +97,13 @@ def evaluate_checkpoint(
     target = output_path(path, out)
     check_writable(target)   # before any attack runs
     dev = pick_device("auto" if device is None else str(device))
-    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"))
+    # a streamed run's data is opened without decoding its training images; the test images are read
+    stream = bool(config.get("stream"))
+    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"), stream=stream)
     subset = test_subset if test_subset is not None else config.get("test_subset")
     test = take_subset(data.test, subset, seed=int(config.get("seed", 0)))
+    if stream:
+        test = Split(test.x[:], test.y)
     try:
         model = model_from_checkpoint(payload, dev)
     except (KeyError, RuntimeError) as exc:

@@ -134,3 +134,13 @@ def parse_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 def run_order(names: list[str]) -> list[AttackSpec]:
     """The specs of ``names`` in the order they run (see :meth:`AttackSpec.rank`)."""
     return sorted((spec_of(n) for n in names), key=AttackSpec.rank)
+
+
+def attack_label(name: str) -> str:
+    """``pgd50x10`` -> ``PGD-50x10``, ``cw20`` -> ``CW-20``, ``aa`` -> ``AutoAttack``."""
+    m = re.fullmatch(r"([a-z]+?)(\d+)(?:x(\d+))?", name)
+    if name == "aa":
+        return "AutoAttack"
+    if m:
+        return f"{m.group(1).upper()}-{m.group(2)}" + (f"x{m.group(3)}" if m.group(3) else "")
+    return name.replace("_", "-").capitalize() if name.islower() and len(name) > 4 else name.upper()
