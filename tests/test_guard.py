@@ -48,3 +48,11 @@ def test_guard_off_never_restores():
     g = Guard(enabled=False)
     g.remember(1, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
     assert g.snapshot is None and g.recover(2, 0.0, model, method.opt, None, method) is None
+
+
+def test_tables_mark_a_collapsed_run():
+    from fastrobust.bench.results import collapse_mark
+
+    assert collapse_mark({"collapsed": False}) == "" and collapse_mark({}) == ""
+    assert collapse_mark({"collapsed": True, "collapsed_epoch": 4}) == " (collapsed in epoch 4)"
+    assert collapse_mark({"collapsed": True, "collapsed_epoch": 4, "guard_events": [{}, {}]}) == " (collapsed, guard x2)"

@@ -122,6 +122,7 @@ TRAIN_OPTIONS = [
     ("--amp", "amp", dict(choices=["none", "bf16", "fp16"], help="mixed precision (GPU); default none (fp32)")),
     ("--channels-last", "channels_last", dict(action="store_true", help="channels_last memory format (GPU)")),
     ("--compile", "compile", dict(action="store_true", help="torch.compile the model")),
+    ("--guard", "guard", dict(action="store_true", help="catastrophic-overfitting guard: when validation robust accuracy collapses (below half its best, 10+ points under it), restore the best epoch's weights, optimizer and method state and train on with a stronger attack (one more step or replay); each event in metrics.jsonl and train.log. Without it a collapse is only marked (summary.json: collapsed, collapsed_epoch)")),
     ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
     ("--sync-bn", "sync_bn", dict(action="store_true", help="under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global minibatch (default: each process normalises with its shard's statistics; running statistics are averaged over the processes after every step)")),
     ("--log", "log", dict(type=lambda t: [n.strip() for n in t.split(",") if n.strip()], metavar="LOGGER", help="also log each epoch's metrics to: tensorboard (into RUN/tensorboard; needs pip install \"fastrobust[tensorboard]\")")),

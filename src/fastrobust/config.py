@@ -85,6 +85,8 @@ class TrainConfig:
     sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
     dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
     log: list = field(default_factory=list)  # loggers besides metrics.jsonl: "tensorboard" (in RUN/tensorboard)
+    guard: bool = False                 # on a collapse of validation robust accuracy: restore the best state and
+    #                                     strengthen the attack (engine/guard.py); off: the collapse is only marked
     stream: bool = False                # read the training data when needed (a DataLoader with workers), not held
     workers: int | None = None          # with stream: DataLoader worker processes (default: half the cores, 1..8)
 
@@ -270,6 +272,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(isinstance(cfg.model_options, dict), "model_options must be a mapping of option names to values")
     _check(isinstance(cfg.sync_bn, bool), f"sync_bn must be true or false, got {cfg.sync_bn!r}")
     _check(isinstance(cfg.stream, bool), f"stream must be true or false, got {cfg.stream!r}")
+    _check(isinstance(cfg.guard, bool), f"guard must be true or false, got {cfg.guard!r}")
     _check(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 0),
            f"workers must be an integer >= 0 (0: read the data in the training process), got {cfg.workers!r}")
     _check(isinstance(cfg.dist_timeout, (int, float)) and not isinstance(cfg.dist_timeout, bool) and cfg.dist_timeout > 0,

@@ -12,6 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+from .bench.results import collapse_mark
 from .config import TrainConfig
 from .errors import FastrobustError
 
@@ -92,7 +93,7 @@ def format_table(summaries: list[dict], reference: str = "pgd") -> str:
         ratio = lambda key: f"{s[key] / ref[key]:.2f}" if ref and ref[key] else "-"
         aa = [f"{100 * s['aa_acc']:.1f}" if s.get("aa_acc") is not None else "-"] if with_aa else []
         rows.append([
-            s["method"], str(s["epochs"]), f"{100 * s['test_clean_acc']:.1f}", f"{100 * s['test_robust_acc']:.1f}",
+            s["method"] + collapse_mark(s), str(s["epochs"]), f"{100 * s['test_clean_acc']:.1f}", f"{100 * s['test_robust_acc']:.1f}",
             *aa, f"{s['passes_per_example']:.1f}", f"{s['train_seconds']:.1f}",
             ratio("passes_per_example"), ratio("train_seconds"),
         ])

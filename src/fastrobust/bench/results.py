@@ -377,7 +377,7 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
     data = []
     for r in rows:
         acc = r.accuracies()
-        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}")
+        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}") + collapse_mark(r.summary)
         vals = [name, r.method, r.summary.get("epochs"), *([r.n_seeds] if seeds else []),
                 *([r.n_test] if len(sizes) > 1 else []),
                 *(acc.get(l) for l in labels), r.passes, r.seconds]
@@ -391,6 +391,14 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
                  for l in delta_labels]
         data.append(vals)
     return head, data
+
+
+def collapse_mark(summary: dict) -> str:
+    """A run whose validation robust accuracy collapsed (engine/guard.py) says so in every table."""
+    events = summary.get("guard_events") or []
+    if events:
+        return f" (collapsed, guard x{len(events)})"
+    return f" (collapsed in epoch {summary['collapsed_epoch']})" if summary.get("collapsed") else ""
 
 
 def _cell(column: str, value) -> str:

@@ -38,6 +38,7 @@ from . import callbacks as _callbacks
 from .checkpoint import (atomic_write_text, build_model, check_model, load_checkpoint, model_spec,
                          remove_temporary_files, save_checkpoint, write_error)
 from .device import pick_device, sync
+from .guard import Guard
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, global_batch_sizes, init_from_env,
                           is_peer_loss, shard_weight)
 from .lock import RunLock
@@ -345,6 +346,7 @@ class Run:
     # the processes' gradients is the gradient of the global minibatch's mean loss (weight 1 when
     # the shards are equal, i.e. for every minibatch but perhaps the last of an epoch).
     loss_weight: float = 1.0
+    guard: Guard = field(default_factory=lambda: Guard(False))   # the collapse mark, and --guard's recovery
 
     @property
     def out(self) -> Path:
@@ -412,7 +414,7 @@ def _setup_run(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.dev
               spec=spec, raw_model=raw_model, model=model, params=params, opt=opt, scaler=scaler, schedule=schedule,
               method_cls=method_cls, method=method, autocast=autocast,
               sizes=global_batch_sizes(len(prep.train), cfg.batch_size),
-              val_alpha=recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info)))
+              val_alpha=recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info)), guard=Guard(cfg.guard))
 
     if resume:
         _restore(run)
@@ -454,6 +456,7 @@ def _restore(run: Run) -> None:
     saved = ckpt.get("ranks") or [{"rng": ckpt["rng"], "method": ckpt["method"]}]
     mine = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
     run.method.load_state_dict(mine["method"])
+    run.guard.load_state_dict(ckpt.get("guard"))
     if len(saved) == dist.world_size or dist.is_main:
         _set_rng(mine["rng"], device)
     else:   # another number of processes than when saved: fresh streams for the other processes
@@ -584,7 +587,19 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     val = _validate(run)
     record = _epoch_record(run, result, val)
     run.state["epoch"] = result.epoch
-    improved = _select_best(run, val, result.epoch)
+    collapse = run.guard.observe(result.epoch, val["robust_acc"] if val["n"] else None)
+    event = run.guard.recover(result.epoch, val["robust_acc"], run.raw_model, run.opt, run.scaler,
+                              run.method) if collapse else None
+    if collapse:
+        run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(val['robust_acc'])} "
+                     f"against a best of {_pct(run.guard.best_robust)}" + (
+                         f"; guard: restored epoch {event['restored_epoch']}'s state, {event['change']}" if event
+                         else " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"))
+    if event:
+        record["guard"] = event
+    improved = not collapse and _select_best(run, val, result.epoch)
+    if improved:
+        run.guard.remember(result.epoch, run.raw_model, run.opt, run.scaler, run.method)
     _save_checkpoints(run, record, improved)
 
 
@@ -643,7 +658,7 @@ def _save_checkpoints(run: Run, record: dict, improved: bool) -> None:
         extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
         save_checkpoint(folder.last, {**payload, "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
                                       "method": run.method.state_dict(), "state": dict(state),
-                                      "rng": _rng_state(device), **extra})
+                                      "rng": _rng_state(device), "guard": run.guard.state_dict(), **extra})
         log.checkpoint(folder.last)
         if improved:
             save_checkpoint(folder.best, payload)
@@ -677,6 +692,8 @@ def _finish(run: Run) -> dict:
             "last_val_robust_acc": records[-1].get("val_robust_acc"),
             "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
             "norm": cfg.norm,
+            "collapsed": run.guard.collapsed_epoch is not None, "collapsed_epoch": run.guard.collapsed_epoch,
+            "guard": cfg.guard, "guard_events": run.guard.events,
             "test_attack": f"PGD-{cfg.test_steps} CE, {'L2' if cfg.norm == 'l2' else 'L-inf'} eps {cfg.eps:.4g}, "
                            f"alpha {test_alpha:.4g}, 1 restart",
             "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
@@ -770,7 +787,7 @@ def _epoch_line(r: dict, epochs: int) -> str:
 
 _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc",
               "epoch_passes", "passes", "epoch_seconds", "train_seconds",
-              "epoch_cpu_seconds", "train_cpu_seconds"}
+              "epoch_cpu_seconds", "train_cpu_seconds", "guard"}
 
 
 def _read_metrics(out: Path) -> list[dict]:
