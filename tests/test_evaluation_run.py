@@ -163,3 +163,13 @@ def test_demo_prints_autoattack_accuracy_on_a_test_subset(tmp_path):
     assert summaries[0]["aa_examples"] == 10 and 0 <= summaries[0]["aa_acc"] <= summaries[0]["test_clean_acc"] + 0.1
     saved = json.loads((tmp_path / "demo" / "natural" / "eval.json").read_text())
     assert saved["n"] == 10 and saved["robust_accuracy"] == summaries[0]["aa_acc"]
+
+
+def test_demo_prints_gaat_and_mdeat_next_to_pgd(tmp_path):
+    from fastrobust.demo import run_demo
+
+    lines = []
+    run_demo(out=str(tmp_path / "demo"), epochs=1, progress=False, echo=lines.append, aa_examples=0)
+    table = lines[-2]
+    rows = [l.split("|")[1].strip() for l in table.splitlines() if l.startswith("| ") and "method" not in l]
+    assert rows == ["natural", "pgd", "gaat", "mdeat", "deat-p"]
