@@ -13,6 +13,8 @@ def test_collapse_is_a_fall_below_half_the_best_by_ten_points():
     assert not collapsed(0.15, 0.06)                      # under half the best, but only 9 points under it
     assert collapsed(0.15, 0.04)                          # under half and 11 points under
     assert not collapsed(None, 0.0) and not collapsed(0.5, None)
+    assert collapsed(None, 0.02, fgsm=0.80) and not collapsed(None, 0.45, fgsm=0.70)   # the FGSM gap
+    assert not collapsed(None, 0.0, fgsm=0.2)                                          # both low: not robust
 
 
 def test_guard_marks_the_first_collapse_and_keeps_the_best():

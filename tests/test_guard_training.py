@@ -21,7 +21,8 @@ def scripted(monkeypatch):
     def validate(run):
         val = real(run)
         calls.append(1)
-        return {**val, "robust_acc": ROBUST[len(calls) - 1]}
+        robust = ROBUST[len(calls) - 1]
+        return {**val, "robust_acc": robust, "fgsm_acc": robust + 0.05}
 
     monkeypatch.setattr(trainer, "_validate", validate)
     return calls
@@ -69,3 +70,18 @@ def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monke
     run(tmp_path, "--guard")
     assert all(torch.equal(saved[3][k], saved[2][k]) for k in saved[2])      # epoch 3 ended on epoch 2's weights
     assert not all(torch.equal(saved[4][k], saved[2][k]) for k in saved[2])  # and training went on from there
+
+
+def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_path, monkeypatch):
+    """Catastrophic overfitting before any robustness: PGD accuracy near 0 while FGSM's is high."""
+    real = trainer._validate
+    script = iter([(0.0, 0.0), (0.0, 0.05), (0.02, 0.80), (0.01, 0.85), (0.0, 0.9)])
+
+    def validate(run):
+        robust, fgsm = next(script)
+        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+    out, metrics, summary = run(tmp_path, "--guard")
+    assert summary["collapsed_epoch"] == 3 and [e["epoch"] for e in summary["guard_events"]] == [3, 4, 5]
+    assert metrics[2]["val_fgsm_acc"] == 0.80 and metrics[4]["guard_boost"] == 2   # the boost used in epoch 5

@@ -1,11 +1,13 @@
 """Catastrophic overfitting: the collapse mark, and the guard that recovers from it (``--guard``).
 
 A run has **collapsed** at an epoch when its validation robust accuracy (the per-epoch PGD-CW
-attack on the held-out split, which the engine runs anyway: no extra cost) falls below
-``COLLAPSE_RATIO`` (half) of the best seen so far **and** at least ``COLLAPSE_DROP`` (10 points)
-under it. That is the signature of catastrophic overfitting (Wong et al. 2020: robust accuracy
-drops to near zero within an epoch while clean accuracy stays high); ordinary epoch-to-epoch noise
-moves by a few points. Without the guard the run only says so (``collapsed`` and
+attack on the held-out split, which the engine runs anyway) falls below ``COLLAPSE_RATIO`` (half)
+of the best seen so far **and** at least ``COLLAPSE_DROP`` (10 points) under it, or when it is
+below half of the validation FGSM accuracy (one step of eps from x, 1 pass per validation example)
+and at least ``OVERFIT_GAP`` (30 points) under it. Both are signatures of catastrophic
+overfitting (Wong et al. 2020: PGD accuracy drops to near zero within an epoch while clean and
+FGSM accuracy stay high); the second catches a run that overfits before it was ever robust.
+Ordinary epoch-to-epoch noise moves by a few points. Without the guard the run only says so (``collapsed`` and
 ``collapsed_epoch`` in summary.json). With it, the engine keeps a copy of the training state
 (weights, optimizer, gradient scaler, method state) at every new best epoch; on a collapse it
 restores that copy and asks the method to strengthen its attack for the rest of the run
@@ -23,13 +25,17 @@ import torch
 
 COLLAPSE_RATIO = 0.5
 COLLAPSE_DROP = 0.10
+OVERFIT_GAP = 0.30
 
 
-def collapsed(best_robust: float | None, robust: float | None) -> bool:
-    """Whether validation robust accuracy ``robust`` is a collapse from the best so far ``best_robust``."""
-    if best_robust is None or robust is None:
+def collapsed(best_robust: float | None, robust: float | None, fgsm: float | None = None) -> bool:
+    """Whether validation robust accuracy ``robust`` is a collapse from the best so far ``best_robust``,
+    or far below the FGSM accuracy ``fgsm`` of the same model."""
+    if robust is None:
         return False
-    return robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
+    if fgsm is not None and robust < COLLAPSE_RATIO * fgsm and fgsm - robust >= OVERFIT_GAP:
+        return True
+    return best_robust is not None and robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
 
 
 def _cpu_copy(obj):
@@ -53,9 +59,9 @@ class Guard:
         self.best_robust: float | None = None
         self.collapsed_epoch: int | None = None
 
-    def observe(self, epoch: int, robust: float | None) -> bool:
-        """See epoch ``epoch``'s (1-based) validation robust accuracy; returns whether it is a collapse."""
-        hit = collapsed(self.best_robust, robust)
+    def observe(self, epoch: int, robust: float | None, fgsm: float | None = None) -> bool:
+        """See epoch ``epoch``'s (1-based) validation robust (and FGSM) accuracy; returns whether it is a collapse."""
+        hit = collapsed(self.best_robust, robust, fgsm)
         if hit and self.collapsed_epoch is None:
             self.collapsed_epoch = epoch
         if robust is not None and not hit and (self.best_robust is None or robust > self.best_robust):

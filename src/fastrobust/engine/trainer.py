@@ -587,12 +587,12 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     val = _validate(run)
     record = _epoch_record(run, result, val)
     run.state["epoch"] = result.epoch
-    collapse = run.guard.observe(result.epoch, val["robust_acc"] if val["n"] else None)
+    collapse = run.guard.observe(result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc"))
     event = run.guard.recover(result.epoch, val["robust_acc"], run.raw_model, run.opt, run.scaler,
                               run.method) if collapse else None
     if collapse:
         run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(val['robust_acc'])} "
-                     f"against a best of {_pct(run.guard.best_robust)}" + (
+                     f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}" + (
                          f"; guard: restored epoch {event['restored_epoch']}'s state, {event['change']}" if event
                          else " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"))
     if event:
@@ -606,9 +606,13 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
 def _validate(run: Run) -> dict:
     """Clean and PGD (CW loss, --val-steps) accuracy on the validation split, shared out among the processes."""
     cfg = run.cfg
-    return evaluate_sharded(run.raw_model, run.prep.val, run.dist, seed=cfg.seed, tag="val", eps=cfg.eps,
-                            steps=cfg.val_steps, alpha=run.val_alpha, loss="cw", norm=cfg.norm,
-                            batch_size=cfg.eval_batch_size, device=run.device)
+    common = dict(seed=cfg.seed, eps=cfg.eps, norm=cfg.norm, batch_size=cfg.eval_batch_size, device=run.device)
+    val = evaluate_sharded(run.raw_model, run.prep.val, run.dist, tag="val", steps=cfg.val_steps,
+                           alpha=run.val_alpha, loss="cw", **common)
+    # FGSM (one step of eps from x): far above PGD is the signature of catastrophic overfitting (engine/guard.py)
+    fgsm = evaluate_sharded(run.raw_model, run.prep.val, run.dist, tag="val-fgsm", steps=1, alpha=cfg.eps,
+                            loss="ce", random_start=False, **common)
+    return {**val, "fgsm_acc": fgsm["robust_acc"]}
 
 
 def _epoch_record(run: Run, result: EpochResult, val: dict) -> dict:
@@ -618,7 +622,7 @@ def _epoch_record(run: Run, result: EpochResult, val: dict) -> dict:
         "epoch": result.epoch, "lr": result.lr, "eps": result.eps,
         "train_loss": result.loss, "train_acc": result.acc,
         "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
-        "epoch_passes": result.passes, "passes": state["passes"],
+        "val_fgsm_acc": val.get("fgsm_acc"), "epoch_passes": result.passes, "passes": state["passes"],
         "epoch_seconds": result.seconds, "train_seconds": state["train_seconds"],
         "epoch_cpu_seconds": result.cpu_seconds, "train_cpu_seconds": state["train_cpu_seconds"],
         **run.method.state(),
@@ -787,7 +791,7 @@ def _epoch_line(r: dict, epochs: int) -> str:
 
 _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc",
               "epoch_passes", "passes", "epoch_seconds", "train_seconds",
-              "epoch_cpu_seconds", "train_cpu_seconds", "guard"}
+              "epoch_cpu_seconds", "train_cpu_seconds", "guard", "val_fgsm_acc"}
 
 
 def _read_metrics(out: Path) -> list[dict]:

@@ -24,7 +24,7 @@ def to_float(x_uint8: torch.Tensor, device) -> torch.Tensor:
 
 def evaluate_split(model, split, *, eps: float, steps: int, alpha: float, loss: str = "ce",
                    batch_size: int = 500, device="cpu", generator: torch.Generator | None = None,
-                   norm: str = "linf") -> dict:
+                   norm: str = "linf", random_start: bool = True) -> dict:
     """Clean and PGD-``steps`` accuracy (fractions) of ``model`` on ``split``.
 
     Runs in eval mode and restores the model's mode afterwards; eps = 0
@@ -42,7 +42,8 @@ def evaluate_split(model, split, *, eps: float, steps: int, alpha: float, loss: 
                 correct = (model(x).argmax(1) == y).sum().item()
             clean += correct
             if eps > 0:
-                x_adv = pgd(model, x, y, eps, steps=steps, alpha=alpha, loss=loss, norm=norm, generator=generator)
+                x_adv = pgd(model, x, y, eps, steps=steps, alpha=alpha, loss=loss, norm=norm, generator=generator,
+                            random_start=random_start)
                 with torch.no_grad():
                     correct = (model(x_adv).argmax(1) == y).sum().item()
             robust += correct
@@ -50,7 +51,8 @@ def evaluate_split(model, split, *, eps: float, steps: int, alpha: float, loss: 
 
 
 def evaluate_sharded(model: nn.Module, split, dist_: Dist, *, seed: int, tag: str, eps: float, steps: int,
-                     alpha: float, loss: str = "ce", batch_size: int = 500, device="cpu", norm: str = "linf") -> dict:
+                     alpha: float, loss: str = "ce", batch_size: int = 500, device="cpu", norm: str = "linf",
+                     random_start: bool = True) -> dict:
     """Clean and PGD accuracy of ``model`` on ``split``, shared out among the processes.
 
     The split is cut into chunks of ``batch_size`` examples; chunk c goes to
@@ -68,7 +70,7 @@ def evaluate_sharded(model: nn.Module, split, dist_: Dist, *, seed: int, tag: st
         part = split.subset(slice(chunk * batch_size, (chunk + 1) * batch_size))
         gen = torch.Generator(device=device).manual_seed(derived_seed(seed, tag, chunk))
         r = evaluate_split(model, part, eps=eps, steps=steps, alpha=alpha, loss=loss, batch_size=batch_size,
-                           device=device, generator=gen, norm=norm)
+                           device=device, generator=gen, norm=norm, random_start=random_start)
         counts += torch.tensor([round(r["clean_acc"] * r["n"]), round(r["robust_acc"] * r["n"])],
                                dtype=torch.float64, device=dist_.device)
     clean, robust = dist_.all_reduce_sum(counts).tolist()

@@ -40,12 +40,13 @@ class Composed(Method):
         self.boost = 0      # extra steps or replays added by the engine's collapse guard (strengthen)
 
     def level_and_step(self, batch: Batch) -> tuple[int, float]:
-        """The attack's level in force (the schedule's, plus the guard's boost) and its step. A fixed level
-        that is boosted keeps its reach: the step shrinks by level / (level + boost)."""
+        """The attack's level in force (the schedule's, plus the guard's boost) and its step. A boosted level
+        keeps its reach: more steps (or replays) of a smaller step, level / (level + boost) of the schedule's
+        (single large steps are what overfits catastrophically)."""
         base = self.schedule_.level
         level = base + self.boost if base else base
-        step = self.schedule_.step_size(batch, level)
-        if self.boost and base and not self.schedule_.grows:
+        step = self.schedule_.step_size(batch, base)
+        if self.boost and base:
             step *= base / level
         return level, step
 
@@ -55,8 +56,7 @@ class Composed(Method):
             return None               # no attack (natural training), or one whose strength is not a level
         self.boost += 1
         what = "replays" if self.schedule_.level_name == "r" else "attack steps"
-        return (f"{what} +{self.boost} for the rest of the run" +
-                ("" if self.schedule_.grows else f" (step x {base}/{base + self.boost}, the same reach)"))
+        return f"{what} +{self.boost} for the rest of the run, each step x level/(level+{self.boost}) (the same reach)"
 
     @classmethod
     def default_alpha(cls, eps, recipe_ratio, params):
