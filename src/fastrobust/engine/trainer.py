@@ -587,7 +587,9 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     val = _validate(run)
     record = _epoch_record(run, result, val)
     run.state["epoch"] = result.epoch
-    collapse = run.guard.observe(result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc"))
+    # a collapse means something only for a method trained against attacks (natural training selects by clean)
+    collapse = run.method_cls.selects_by == "robust" and run.guard.observe(
+        result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc"))
     event = run.guard.recover(result.epoch, val["robust_acc"], run.raw_model, run.opt, run.scaler,
                               run.method) if collapse else None
     if collapse:
