@@ -58,3 +58,11 @@ def test_tables_mark_a_collapsed_run():
     assert collapse_mark({"collapsed": False}) == "" and collapse_mark({}) == ""
     assert collapse_mark({"collapsed": True, "collapsed_epoch": 4}) == " (collapsed in epoch 4)"
     assert collapse_mark({"collapsed": True, "collapsed_epoch": 4, "guard_events": [{}, {}]}) == " (collapsed, guard x2)"
+
+
+def test_a_collapse_before_any_good_epoch_strengthens_without_restoring():
+    model, method, step, _ = make_method("deat-d")
+    g = Guard(enabled=True)
+    assert g.observe(1, 0.01, fgsm=0.9)
+    event = g.recover(1, 0.01, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
+    assert event["restored_epoch"] is None and "replays +1" in event["change"] and method.boost == 1

@@ -60,7 +60,9 @@ class Guard:
         self.collapsed_epoch: int | None = None
 
     def observe(self, epoch: int, robust: float | None, fgsm: float | None = None) -> bool:
-        """See epoch ``epoch``'s (1-based) validation robust (and FGSM) accuracy; returns whether it is a collapse."""
+        """See epoch ``epoch``'s (1-based) validation robust (and FGSM) accuracy; returns whether it is a collapse.
+        Give ``fgsm`` only for epochs trained at full eps (during an eps warm-up, validation at full eps
+        finds FGSM far above PGD in any model: it has not been trained at that radius yet)."""
         hit = collapsed(self.best_robust, robust, fgsm)
         if hit and self.collapsed_epoch is None:
             self.collapsed_epoch = epoch
@@ -76,19 +78,20 @@ class Guard:
 
     def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
         """After a collapse at ``epoch``: restore the last good state, strengthen the attack; the event."""
-        if not self.enabled or self.snapshot is None:
+        if not self.enabled:
             return None
         snap = self.snapshot
-        boost = getattr(method, "boost", 0)
-        model.load_state_dict(snap["model"])
-        opt.load_state_dict(snap["optimizer"])
-        scaler.load_state_dict(snap["scaler"])
-        method.load_state_dict(copy.deepcopy(snap["method"]))
-        if hasattr(method, "boost"):
-            method.boost = boost           # earlier strengthenings stay
+        if snap is not None:    # none yet (a collapse before any good epoch): strengthen from where it is
+            boost = getattr(method, "boost", 0)
+            model.load_state_dict(snap["model"])
+            opt.load_state_dict(snap["optimizer"])
+            scaler.load_state_dict(snap["scaler"])
+            method.load_state_dict(copy.deepcopy(snap["method"]))
+            if hasattr(method, "boost"):
+                method.boost = boost           # earlier strengthenings stay
         change = method.strengthen()
         event = {"epoch": epoch, "val_robust_acc": robust, "best_val_robust_acc": self.best_robust,
-                 "restored_epoch": snap["epoch"], "change": change or "none (the method has no attack level)"}
+                 "restored_epoch": snap and snap["epoch"], "change": change or "none (the method has no attack level)"}
         self.events.append(event)
         return event
 

@@ -588,14 +588,16 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     record = _epoch_record(run, result, val)
     run.state["epoch"] = result.epoch
     # a collapse means something only for a method trained against attacks (natural training selects by clean)
+    full_eps = result.epoch - 1 >= run.cfg.eps_warmup       # the whole epoch trained at full eps
     collapse = run.method_cls.selects_by == "robust" and run.guard.observe(
-        result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc"))
+        result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc") if full_eps else None)
     event = run.guard.recover(result.epoch, val["robust_acc"], run.raw_model, run.opt, run.scaler,
                               run.method) if collapse else None
     if collapse:
         run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(val['robust_acc'])} "
                      f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}" + (
-                         f"; guard: restored epoch {event['restored_epoch']}'s state, {event['change']}" if event
+                         "; guard: " + (f"restored epoch {event['restored_epoch']}'s state, " if event["restored_epoch"]
+                                        else "no earlier state to restore, ") + event["change"] if event
                          else " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"))
     if event:
         record["guard"] = event
