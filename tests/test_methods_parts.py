@@ -243,10 +243,10 @@ def test_l2_defaults():
 # ---- composition ----------------------------------------------------------------------------------
 def test_a_new_combination_is_one_registration(monkeypatch):
     """FAT's early stop inside an Amata-style schedule: no new class, the contract holds."""
-    from fastrobust.methods import base
+    from fastrobust.methods import registry
     from fastrobust.methods.strength import Linear
 
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     define("fat-amata", "FAT's early stop with Amata's growing K (a test).",
            attack=Ascent(early_stop=True, attack_eval=True), schedule=Linear(k_min=1, k_max=3))
     model, method, step, _ = make_method("fat-amata", epochs=3)

@@ -10,10 +10,8 @@ from .base import (
     MethodContext,
     Param,
     StepOutput,
-    get_method,
-    list_methods,
-    register_method,
 )
+from .registry import get_method, list_methods, register_method
 from .compose import Composed, define, replay_minibatch
 from . import catalog  # noqa: F401  (registers the named methods)
 

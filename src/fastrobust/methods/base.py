@@ -204,36 +204,3 @@ class Component:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under ``cls.name``."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}. Available methods: {', '.join(sorted(_REGISTRY))} (see `fastrobust methods`)")
-    return _REGISTRY[name]
-
-
-def list_methods() -> list[type[Method]]:
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
-
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy computed in float32 (safe under autocast)."""
-    return nn.functional.cross_entropy(logits.float(), y)
-
-
-def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(logits_p) || softmax(logits_q))`` per example, in float32 from log-probabilities."""
-    log_p = nn.functional.log_softmax(logits_p.float(), dim=1)
-    log_q = nn.functional.log_softmax(logits_q.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1)

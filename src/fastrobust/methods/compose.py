@@ -18,8 +18,9 @@ import torch
 
 from ..config import recipe_step
 from ..errors import ConfigError
-from .base import Batch, Component, Method, Param, StepOutput, cross_entropy, register_method
-from .losses import CE
+from .base import Batch, Component, Method, Param, StepOutput
+from .losses import CE, cross_entropy
+from .registry import register_method
 from .strength import Schedule
 
 

@@ -13,7 +13,8 @@ import torch
 from torch.nn import functional as F
 
 from ..attacks import preserved_mode
-from .base import FORWARD, Batch, Component, Param, kl_per_example
+from .base import FORWARD, Batch, Component, Param
+from .losses import kl_per_example
 
 
 def attack_eval_param(default: bool) -> Param:

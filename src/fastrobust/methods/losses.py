@@ -9,9 +9,22 @@ example (each forwarded input is one forward and one backward).
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from .base import Component, Param, cross_entropy, kl_per_example
+from .base import Component, Param
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy computed in float32 (safe under autocast)."""
+    return nn.functional.cross_entropy(logits.float(), y)
+
+
+def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per example, in float32 from log-probabilities."""
+    log_p = nn.functional.log_softmax(logits_p.float(), dim=1)
+    log_q = nn.functional.log_softmax(logits_q.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
 def beta_param(default: float = 6.0) -> Param:
