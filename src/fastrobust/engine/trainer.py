@@ -583,7 +583,8 @@ def _stop_diverged(run: Run, result: EpochResult, bad_batches: int, n_batches: i
 
 
 def _end_epoch(run: Run, result: EpochResult) -> None:
-    """After an epoch's training: validation -> best-checkpoint selection -> the epoch's record and checkpoints."""
+    """After an epoch's training: validation -> the collapse check (and --guard's recovery, engine/guard.py) ->
+    best-checkpoint selection -> the epoch's record and checkpoints."""
     val = _validate(run)
     record = _epoch_record(run, result, val)
     run.state["epoch"] = result.epoch
