@@ -154,12 +154,13 @@ def replay_minibatch(self: Composed, model, batch: Batch, step) -> StepOutput:
     x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
     r, alpha = self.level_and_step(batch)
     delta = self.attack_(x, eps)
-    for _ in range(r):
+    for i in range(r):
         delta.requires_grad_(True)
         logits = model(x + delta)
         loss = cross_entropy(logits, y)
         grad = step(loss, wrt=delta)
-        delta = tm.step(delta.detach(), grad.clone(), alpha, x, eps)
+        # the step signs its gradient in place: keep the last replay's for the schedule (M+)
+        delta = tm.step(delta.detach(), grad.clone() if i == r - 1 else grad, alpha, x, eps)
     self.attack_.keep(delta)
     out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
     self.schedule_.observe(batch, out, grad)

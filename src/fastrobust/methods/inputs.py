@@ -66,9 +66,11 @@ class Ascent(Component):
         if not level:
             return (x + delta).clamp_(0, 1), 0.0, None
         n, passes, grad = len(x), 0.0, None
-        rows = torch.arange(n, device=x.device) if self.early_stop else slice(None)
-        budget = torch.full((n,), self.v.get("tau", 0), device=x.device)
-        taken = torch.zeros(n, device=x.device)
+        rows = slice(None)
+        if self.early_stop:   # FAT's bookkeeping: the running rows, their budgets, the steps each took
+            rows = torch.arange(n, device=x.device)
+            budget = torch.full((n,), self.v["tau"], device=x.device)
+            taken = torch.zeros(n, device=x.device)
         with preserved_mode(model, self.v["attack_eval"]), torch.enable_grad():
             target = None
             if self.objective == "kl":
