@@ -34,6 +34,8 @@ torchrun also stops the remaining processes when one exits non-zero.
 
 from __future__ import annotations
 
+import copy as _copy
+
 import datetime
 import hashlib
 import inspect
@@ -112,7 +114,7 @@ class Dist:
 
     def gather_objects(self, obj: Any) -> list:
         """Every process's ``obj``, in rank order, on every process (pickled; tensors moved to the CPU)."""
-        obj = _to_cpu(obj)
+        obj = to_cpu(obj)
         if not self.enabled:
             return [obj]
         out: list = [None] * self.world_size
@@ -229,14 +231,16 @@ class Dist:
             dist.destroy_process_group()
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any, copy: bool = False) -> Any:
+    """``obj`` with every tensor (in nested dicts, lists and tuples) on the CPU; ``copy``: a deep copy that
+    shares no memory with ``obj`` even where a tensor is already on the CPU (a snapshot)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj.detach().to("cpu", copy=copy)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v, copy) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+        return type(obj)(to_cpu(v, copy) for v in obj)
+    return _copy.deepcopy(obj) if copy else obj
 
 
 def _norm_buffers(module: nn.Module) -> list[torch.Tensor]:

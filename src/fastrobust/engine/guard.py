@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-import torch
+from .distributed import to_cpu
 
 COLLAPSE_RATIO = 0.5
 COLLAPSE_DROP = 0.10
@@ -36,17 +36,6 @@ def collapsed(best_robust: float | None, robust: float | None, fgsm: float | Non
     if fgsm is not None and robust < COLLAPSE_RATIO * fgsm and fgsm - robust >= OVERFIT_GAP:
         return True
     return best_robust is not None and robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
-
-
-def _cpu_copy(obj):
-    """A deep copy with every tensor on the CPU (a snapshot that does not hold device memory)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
 
 
 class Guard:
@@ -73,8 +62,9 @@ class Guard:
     def remember(self, epoch: int, model, opt, scaler, method) -> None:
         """Keep the training state of a good epoch (called at every new best)."""
         if self.enabled:
-            self.snapshot = {"epoch": epoch, "model": _cpu_copy(model.state_dict()), "optimizer": _cpu_copy(opt.state_dict()),
-                             "scaler": _cpu_copy(scaler.state_dict()), "method": _cpu_copy(method.state_dict())}
+            self.snapshot = {"epoch": epoch, **{key: to_cpu(part.state_dict(), copy=True) for key, part in
+                                                (("model", model), ("optimizer", opt), ("scaler", scaler),
+                                                 ("method", method))}}
 
     def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
         """After a collapse at ``epoch``: restore the last good state, strengthen the attack; the event."""
