@@ -15,6 +15,9 @@ def test_collapse_is_a_fall_below_half_the_best_by_ten_points():
     assert not collapsed(None, 0.0) and not collapsed(0.5, None)
     assert collapsed(None, 0.02, fgsm=0.80) and not collapsed(None, 0.45, fgsm=0.70)   # the FGSM gap
     assert not collapsed(None, 0.0, fgsm=0.2)                                          # both low: not robust
+    assert not collapsed(0.149, 0.304, fgsm=0.949)     # a new best, far under FGSM: a weakly trained model climbing
+    assert not collapsed(0.431, 0.41, fgsm=0.95)       # a plateau's noise
+    assert collapsed(0.40, 0.30, fgsm=0.95)            # fallen 10 points from its best, far under FGSM
 
 
 def test_guard_marks_the_first_collapse_and_keeps_the_best():
