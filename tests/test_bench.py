@@ -495,3 +495,50 @@ def test_a_bench_folder_keeps_its_order_with_the_seeds_of_each_run_together(seed
     assert pick_reference(rows, None, "pgd").name == "pgd-s1"
     md = write_report(rows, tmp_path / "r", pick_reference(rows, None, "pgd"))["md"].read_text()
     assert "Reference: pgd (pgd)" in md and "| pgd  " in md and "| mdeat-s1 " in md
+
+
+def _aa_eval(path, n, robust):
+    (path / "eval-aa.json").write_text(json.dumps({
+        "n": n, "eps": 0.3, "norm": "linf", "clean_accuracy": 0.95, "robust_accuracy": robust, "cascade": True,
+        "attacks": {"clean": {"accuracy": 0.95, "worst_case_accuracy": 0.95},
+                    "aa": {"accuracy": robust, "worst_case_accuracy": robust, "settings": {"attack": "AutoAttack"}}},
+        "flags": [{"check": "square_beats_whitebox", "message": "Square fooled 2 examples"}] if robust < 0.5 else []}))
+
+
+def test_autoattack_on_its_own_subset_is_a_column_with_its_spread(seeded, tmp_path):
+    """eval-aa.json (a suite's aa_subset) adds `AutoAttack (N) %`: mean ± std over the seeds that have it,
+    `(n=K)` where some seeds lack it so far, compared with the reference's mean; its flags are shown."""
+    pgd_aa = {"pgd": 0.52, "pgd-s1": 0.48, "pgd-s2": 0.50}
+    for folder, robust in pgd_aa.items():
+        _aa_eval(seeded / folder, 500, robust)
+    _aa_eval(seeded / "mdeat", 500, 0.40)                       # mdeat-s1 has none yet
+    rows, _, _ = collect([seeded])
+    items = group_runs_of(rows)
+    assert [i.name for i in items] == ["mdeat", "pgd"]           # a missing eval-aa.json does not split the seeds
+    md = write_report(rows, tmp_path / "rep", pick_reference(rows, None))["md"].read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| run"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cell = lambda run: dict(zip(cols, [c.strip() for c in next(l for l in md.splitlines() if l.startswith(f"| {run} "))
+                                       .strip("|").split("|")]))
+    m, s = _mean_std(list(pgd_aa.values()))
+    assert cell("pgd")["AutoAttack (500) %"] == f"{100 * m:.1f} ± {100 * s:.1f}"
+    assert cell("mdeat")["AutoAttack (500) %"] == "40.0 (n=1)"
+    assert cell("mdeat")["d AutoAttack (500) (pts)"] == f"{100 * (0.40 - m):+.1f}"
+    assert "AutoAttack %" in cols                                 # the main evaluation's own column stays
+    assert "its own evaluation (eval-aa.json) on the first 500" in md
+    assert "WARNING (mdeat): square_beats_whitebox" in md
+
+
+def group_runs_of(rows):
+    from fastrobust.bench import group_runs
+
+    return group_runs(rows)
+
+
+def test_suite_aa_subset_is_checked():
+    base = ("name: s\nreference: pgd\nruns:\n  pgd:\n")
+    assert parse_suite(base + "evaluation: {attacks: [clean, pgd20], aa_subset: 200}\n", "x").aa_subset == 200
+    with pytest.raises(ConfigError, match="aa_subset must be an integer"):
+        parse_suite(base + "evaluation: {aa_subset: 0}\n", "x")
+    with pytest.raises(ConfigError, match="take 'aa' out of evaluation.attacks"):
+        parse_suite(base + "evaluation: {attacks: [clean, aa], aa_subset: 100}\n", "x")

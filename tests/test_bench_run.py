@@ -197,3 +197,29 @@ def test_bench_with_two_seeds_adopts_resumes_and_reports_mean_and_std(tmp_path, 
     again = (tmp_path / "again" / "results.md").read_text()
     table_of = lambda text: [l for l in text.splitlines() if l.startswith("|")]
     assert table_of(again) == table_of(md) and len(table_of(md)) == 4
+
+
+def test_aa_subset_adds_autoattack_on_its_own_images_to_finished_runs(tmp_path, capsys):
+    """--aa with a suite's aa_subset: AutoAttack on the first N test images into eval-aa.json, added to runs
+    already trained and evaluated (their eval.json untouched), then skipped; the table has its column."""
+    pytest.importorskip("pyautoattack")
+    out = tmp_path / "bench"
+    suite_file = tmp_path / "aa.yaml"
+    suite_file.write_text(SEEDED.replace("test_subset: 60}", "test_subset: 60, aa_subset: 20}"))
+    assert main(["bench", str(suite_file), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert not (out / "pgd" / "eval-aa.json").exists()
+    stamp = {run: (out / run / "eval.json").stat().st_mtime_ns for run in ("natural", "pgd")}
+    capsys.readouterr()
+
+    assert main(["bench", str(suite_file), "--out", str(out), "--no-progress", "--aa"]) == 0
+    text = capsys.readouterr().out
+    assert "AutoAttack on the first 20" in text and text.count("trained; evaluating") == 4
+    for run in ("natural", "pgd"):
+        aa = json.loads((out / run / "eval-aa.json").read_text())
+        assert aa["n"] == 20 and list(aa["attacks"]) == ["clean", "aa"]
+        assert (out / run / "eval.json").stat().st_mtime_ns == stamp[run]
+    md = (out / "results.md").read_text()
+    assert "AutoAttack (20) %" in md and "--aa" in md
+
+    assert main(["bench", str(suite_file), "--out", str(out), "--no-progress", "--aa"]) == 0
+    assert capsys.readouterr().out.count("finished and evaluated: skipped") == 4

@@ -31,6 +31,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 LOG = "train.log"
 EVAL = "eval.json"
+EVAL_AA = "eval-aa.json"         # AutoAttack on its own (smaller) subset: a bench suite's `aa_subset`
 LOCK = ".lock"
 CURVES = "curves.png"
 
@@ -60,6 +61,7 @@ class RunFolder:
     best = property(lambda self: self.path / BEST)
     log = property(lambda self: self.path / LOG)
     eval = property(lambda self: self.path / EVAL)
+    eval_aa = property(lambda self: self.path / EVAL_AA)
     lock = property(lambda self: self.path / LOCK)
     curves = property(lambda self: self.path / CURVES)
 
@@ -67,9 +69,9 @@ class RunFolder:
     #: that a starting run removes
     WRITTEN = (CONFIG, METRICS, LAST, BEST, SUMMARY, LOCK.lstrip("."))
     #: files of an attempt that stopped before its first checkpoint (removed when the run starts again there)
-    ATTEMPT = (METRICS, BEST, SUMMARY, EVAL, CURVES)
+    ATTEMPT = (METRICS, BEST, SUMMARY, EVAL, EVAL_AA, CURVES)
     #: files that a rerun of ``fastrobust bench`` removes before training a run again
-    STALE = (CONFIG, METRICS, LOG, BEST, CURVES, EVAL)
+    STALE = (CONFIG, METRICS, LOG, BEST, CURVES, EVAL, EVAL_AA)
     #: any of these makes a folder a run folder (possibly unfinished)
     MARKERS = (SUMMARY, CONFIG, METRICS)
 

@@ -43,7 +43,8 @@ examples:
 A suite file (YAML): name, description, reference (a run name), seeds (optional default
 for --seeds), common (configuration keys
 shared by all runs, as in a run's config.yaml), evaluation (attacks, test_subset,
-batch_size) and runs (name -> method, params, and per-run alpha/lr/optimizer keys).
+batch_size, aa_subset: with --aa, AutoAttack on these first N test images in an evaluation of
+its own, RUN/eval-aa.json, its column `AutoAttack (N)`) and runs (name -> method, params, and per-run alpha/lr/optimizer keys).
 See the shipped suites in fastrobust/bench/suites/ for examples.
 """
 
@@ -74,7 +75,9 @@ def add_parsers(sub) -> None:
                                                     "the folder with train/ and test/)")
     b.add_argument("--dataset", metavar="NAME", help="override the suite's data set (e.g. imagefolder for a "
                                                      "JPEG copy of CIFAR-10)")
-    b.add_argument("--aa", action="store_true", help="add AutoAttack (standard, via pyautoattack) to the evaluation")
+    b.add_argument("--aa", action="store_true", help="add AutoAttack (standard, via pyautoattack) to the evaluation; on the suite's "
+                                                   "aa_subset first test images when it names one (MNIST 500, "
+                                                   "CIFAR-10 small 200), in RUN/eval-aa.json")
     b.add_argument("--seeds", metavar="N|A,B", help="train every run once per seed: N = the suite's seed and the "
                                                    "N-1 after it (3: seeds 0,1,2 in the shipped suites), or a "
                                                    "list such as 0,2,5 (one seed S alone: S,); default: the "

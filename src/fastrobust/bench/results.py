@@ -49,6 +49,7 @@ class Row:
     evaluation: dict | None
     metrics: list[dict] = field(default_factory=list)
     config: dict | None = None           # config.yaml, when the run has one
+    aa_evaluation: dict | None = None    # eval-aa.json: AutoAttack on its own subset (a suite's aa_subset)
     n_seeds = 1
 
     @property
@@ -92,10 +93,16 @@ class Row:
         for name, result in (ev.get("attacks") or {}).items():
             if name != "clean":
                 out[attack_label(name)] = result.get(key, result.get("accuracy"))
+        aa = self.aa_evaluation
+        if aa is not None:
+            out[aa_label(aa)] = aa.get("robust_accuracy")
         return out
 
     def prefix(self, label: str) -> tuple[str, ...]:
-        """The columns up to ``label``: with the cascade, what an attack's column depends on."""
+        """The columns up to ``label``: with the cascade, what an attack's column depends on
+        (the AutoAttack of eval-aa.json depends on nothing else: its label names its images)."""
+        if self.aa_evaluation is not None and label == aa_label(self.aa_evaluation):
+            return (label,)
         labels = list(self.accuracies())
         return tuple(labels[:labels.index(label) + 1]) if label in labels else ()
 
@@ -109,6 +116,11 @@ class Row:
     @property
     def n_test(self) -> int | None:
         return (self.evaluation or {}).get("n", self.summary.get("test_examples"))
+
+
+def aa_label(aa_eval: dict) -> str:
+    """The column of an eval-aa.json: AutoAttack on its number of test images."""
+    return f"{attack_label('aa')} ({aa_eval.get('n', '?')})"
 
 
 def summary_attack_label(summary: dict) -> str:
@@ -143,7 +155,7 @@ def read_row(run_dir: Path, name: str | None = None) -> Row | None:
         except yaml.YAMLError:
             config = None
     return Row(name or run_dir.name, run_dir, summary, _read_json(folder.eval), metrics,
-               config if isinstance(config, dict) else None)
+               config if isinstance(config, dict) else None, _read_json(folder.eval_aa))
 
 
 def is_run_dir(path: Path) -> bool:
@@ -210,6 +222,7 @@ class Stat(float):
 
     std: float
     n: int
+    of: int | None = None          # the number of seeds of its row, where some lack this value
 
     def __new__(cls, values):
         vals = [float(v) for v in values]
@@ -235,6 +248,7 @@ class SeedGroup:
         self.name = name
         first = self.rows[0]
         self.run_dir, self.summary, self.evaluation = first.run_dir, first.summary, first.evaluation
+        self.aa_evaluation = first.aa_evaluation
         self.config = first.config
         self.metrics, self.metrics_std = _mean_metrics(self.rows)
 
@@ -249,8 +263,15 @@ class SeedGroup:
     robust = property(lambda self: stat(r.robust for r in self.rows))
 
     def accuracies(self) -> dict[str, Stat | None]:
+        """Each column's Stat over the seeds that have it (``of``: the group's seeds; an AutoAttack of
+        eval-aa.json may be done for some seeds only)."""
         each = [r.accuracies() for r in self.rows]
-        return {label: stat(acc.get(label) for acc in each) for label in each[0]}
+        labels = list(dict.fromkeys(label for acc in each for label in acc))
+        out = {label: stat(acc.get(label) for acc in each) for label in labels}
+        for value in out.values():
+            if value is not None:
+                value.of = len(self.rows)
+        return out
 
     def prefix(self, label: str) -> tuple[str, ...]:
         return self.rows[0].prefix(label)
@@ -289,7 +310,7 @@ def settings_key(row: Row) -> str | None:
     if row.config is None or row.seed is None:
         return None
     config = {k: v for k, v in row.config.items() if k not in NOT_SETTINGS}
-    ev = row.evaluation
+    ev = row.evaluation     # (an eval-aa.json, done for some seeds only so far, does not split the seeds)
     evaluation = None if ev is None else [ev.get("n"), list(ev.get("attacks") or {}), ev.get("eps"), ev.get("norm"),
                                           ev.get("cascade", True)]
     device = str(row.summary.get("device", "?")).split(":")[0]
@@ -406,9 +427,10 @@ def _cell(column: str, value) -> str:
         return "-"
     if isinstance(value, str):
         return value
+    short = f" (n={value.n})" if isinstance(value, Stat) and value.of and value.n < value.of else ""
     if isinstance(value, Stat) and value.n > 1:
-        return f"{_number_cell(column, float(value), value)} ± {_number_cell(column, value.std, value)}"
-    return _number_cell(column, value, value)
+        return f"{_number_cell(column, float(value), value)} ± {_number_cell(column, value.std, value)}{short}"
+    return _number_cell(column, value, value) + short
 
 
 def _number_cell(column: str, value, size) -> str:
@@ -487,15 +509,22 @@ def notes(rows: list[Row], ref: Row | SeedGroup | None, unfinished: list[str],
                 shown["components"] = ", ".join(shown["components"])
             out.append(f"- {attack_label(name)}: " + "; ".join(
                 f"{k.replace('_', ' ')} {_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in shown.items()))
+    with_aa = [r for r in rows if r.aa_evaluation is not None]
+    if with_aa:
+        ns = sorted({r.aa_evaluation.get("n") for r in with_aa if r.aa_evaluation.get("n")})
+        out.append(f"{attack_label('aa')} (N): its own evaluation (eval-aa.json) on the first "
+                   f"{' / '.join(map(str, ns))} of the test images: the standard version (apgd-ce, apgd-t, fab-t, "
+                   f"square), the per-example worst case over its attacks.")
     plain = [r for r in rows if r.evaluation is None]
     if plain:
         out.append(f"{SUMMARY_MARK} no eval.json: accuracies are the end-of-training test numbers in summary.json "
                    f"({plain[0].summary.get('test_attack', '?')}, {plain[0].summary.get('test_examples', '?')} images), "
                    f"not the evaluation's attacks (run `fastrobust eval RUN_DIR` for those): "
                    + ", ".join(r.name for r in plain) + ".")
-    for r in evaluated:
-        for flag in r.evaluation.get("flags") or []:
-            out.append(f"WARNING ({r.name}): {flag.get('check', 'check')}: {flag.get('message', '')}")
+    for r in rows:
+        for ev in (r.evaluation, r.aa_evaluation):
+            for flag in (ev or {}).get("flags") or []:
+                out.append(f"WARNING ({r.name}): {flag.get('check', 'check')}: {flag.get('message', '')}")
     if unfinished:
         out.append("Not finished (no summary.json), left out: " + ", ".join(unfinished) + ".")
     return out

@@ -40,6 +40,9 @@ class Plan:
     seed: int
 
 
+AA_ATTACKS = ["clean", "aa"]     # the evaluation of a suite's aa_subset
+
+
 def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
     """Whether an eval.json holds every attack asked for (on the asked number of images, when known)."""
     if not path.is_file():
@@ -53,14 +56,15 @@ def _eval_covers(path: Path, attacks: list[str], n: int | None) -> bool:
 
 
 def plan_runs(suite: Suite, runs: list[RunSpec], out: Path, attacks: list[str], overrides: dict,
-              eval_n: int | None, seeds: list[int] | None = None) -> list[Plan]:
-    """What to do for each run and seed (all runs of a seed, then the next seed's)."""
+              eval_n: int | None, seeds: list[int] | None = None, aa_n: int | None = None) -> list[Plan]:
+    """What to do for each run and seed (all runs of a seed, then the next seed's). ``aa_n``: AutoAttack
+    is also asked for, on its own first ``aa_n`` test images (eval-aa.json)."""
     seeds = seeds or [suite.base_seed]
-    return [_plan(suite, run, seed, out, attacks, overrides, eval_n) for seed in seeds for run in runs]
+    return [_plan(suite, run, seed, out, attacks, overrides, eval_n, aa_n) for seed in seeds for run in runs]
 
 
 def _plan(suite: Suite, run: RunSpec, seed: int, out: Path, attacks: list[str], overrides: dict,
-          eval_n: int | None) -> Plan:
+          eval_n: int | None, aa_n: int | None = None) -> Plan:
     d = out / suite.folder(run.name, seed)
     f = RunFolder(d)
     cfg = suite.train_config(run, d, seed=seed, **overrides)
@@ -70,7 +74,7 @@ def _plan(suite: Suite, run: RunSpec, seed: int, out: Path, attacks: list[str], 
             raise ConfigError(f"{d} was trained with other settings than suite {suite.name!r} now asks for ("
                               + "; ".join(diffs[:4]) + "). Use another --out, or delete that folder to train it again")
     if f.summary.is_file():
-        if _eval_covers(f.eval, attacks, eval_n):
+        if _eval_covers(f.eval, attacks, eval_n) and (aa_n is None or _eval_covers(f.eval_aa, AA_ATTACKS, aa_n)):
             return Plan(run, d, "done", "finished and evaluated: skipped", seed)
         return Plan(run, d, "evaluate", "trained; evaluating", seed)
     if f.last.is_file():
@@ -144,10 +148,11 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     seed_list = suite.resolve_seeds(seeds)
     check_folders(suite, seed_list)
     check_runs(suite, **overrides)
-    attacks = check_attacks(suite.attacks + (["aa"] if aa and "aa" not in suite.attacks else []))
-    _check_autoattack(attacks)
+    aa_n = suite.aa_subset if aa else None      # AutoAttack on its own images, or with the suite's attacks
+    attacks = check_attacks(suite.attacks + (["aa"] if aa and aa_n is None and "aa" not in suite.attacks else []))
+    _check_autoattack(attacks + (AA_ATTACKS if aa_n else []))
     eval_n = suite.test_subset or suite.common.get("test_subset")
-    plans = plan_runs(suite, runs, out, attacks, overrides, eval_n, seed_list)
+    plans = plan_runs(suite, runs, out, attacks, overrides, eval_n, seed_list, aa_n)
     several = len(seed_list) > 1
     shown = seed_list != [suite.base_seed]     # say which seed each run has, unless all have the suite's own
     for note in notes:
@@ -155,7 +160,8 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
     echo(f"suite {suite.source}: {len(plans)} runs"
          + (f" ({len(runs)} runs x {len(seed_list)} seeds: {', '.join(map(str, seed_list))})" if several else "")
          + f" -> {out}; evaluation: {', '.join(attacks)}"
-         + (f" on {eval_n} test images" if eval_n else " on the test set"))
+         + (f" on {eval_n} test images" if eval_n else " on the test set")
+         + (f"; AutoAttack on the first {aa_n}" if aa_n else ""))
     what = lambda p: describe(p.run) + (f", seed {p.seed} ({p.dir.name})" if shown else "")
     for i, p in enumerate(plans, 1):
         echo(f"  [{i}/{len(plans)}] {what(p)}: {p.detail}")
@@ -181,9 +187,14 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
                         (p.dir / name).unlink(missing_ok=True)
                 train(suite.train_config(p.run, p.dir, seed=p.seed, **overrides), resume=p.action == "resume",
                       progress=progress, echo=echo)
-            evaluate_run(p.dir, attacks, test_subset=eval_n, batch_size=suite.eval_batch_size,
-                         device=device or suite.common.get("device"),
-                         data_dir=data_dir, progress=progress, echo=echo)
+            f = RunFolder(p.dir)
+            asked = [(attacks, eval_n, f.eval)] + ([(AA_ATTACKS, aa_n, f.eval_aa)] if aa_n else [])
+            for names, n, path in asked:
+                if p.action == "evaluate" and _eval_covers(path, names, n):
+                    continue            # the other evaluation was missing
+                evaluate_run(p.dir, names, test_subset=n, batch_size=suite.eval_batch_size,
+                             device=device or suite.common.get("device"),
+                             data_dir=data_dir, progress=progress, echo=echo, out=path)
 
     # the table: every finished run of the suite in this folder (also those of earlier --methods or --seeds);
     # the seeds of a run are grouped by write_report
@@ -204,13 +215,13 @@ def run_suite(suite: Suite, out: str | Path | None = None, *, methods: str | lis
 
 def evaluate_run(run_dir: Path, attacks: list[str], *, test_subset: int | None, batch_size: int,
                  device: str | None, data_dir: str | None, progress: bool | None,
-                 echo: Callable[[str], None] = print) -> dict:
-    """Evaluate a trained run's best checkpoint with ``attacks``; writes RUN_DIR/eval.json."""
+                 echo: Callable[[str], None] = print, out: Path | None = None) -> dict:
+    """Evaluate a trained run's best checkpoint with ``attacks``; writes ``out`` (default RUN_DIR/eval.json)."""
     from ..evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(run_dir, attacks=tuple(attacks), test_subset=test_subset, batch_size=batch_size,
                                  device=None if device in (None, "auto") else device, data_dir=data_dir,
-                                 progress=progress)
+                                 progress=progress, out=out)
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     accs = ", ".join(f"{name} {pct(r['accuracy'])}" for name, r in result["attacks"].items())
     echo(f"evaluated {run_dir.name} on {result['n']} test images: {accs or 'no accuracy (broken model)'}; "

@@ -44,7 +44,7 @@ from ..config import TrainConfig, parse_number, resolve, validate
 from ..errors import ConfigError
 
 TOP_KEYS = ("name", "description", "reference", "seeds", "common", "evaluation", "runs")
-EVAL_KEYS = ("attacks", "test_subset", "batch_size")
+EVAL_KEYS = ("attacks", "test_subset", "batch_size", "aa_subset")
 # per-run keys: how a method is optimised may differ between runs; everything else is shared
 RUN_CONFIG_KEYS = ("alpha", "epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
                    "lr_gamma", "grad_clip")
@@ -77,6 +77,7 @@ class Suite:
     runs: list[RunSpec]
     test_subset: int | None = None      # evaluation subset (default: the runs' test_subset)
     eval_batch_size: int = 500
+    aa_subset: int | None = None        # with --aa: AutoAttack on these first N test images, its own eval-aa.json
     text: str = ""                      # the YAML as written, comments included
     seeds: list[int] | None = None      # the suite's `seeds:` (default: [base_seed])
 
@@ -180,7 +181,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     common = _common(data.get("common") or {}, where)
     seeds = None if data.get("seeds") is None else parse_seeds(
         data["seeds"], int(common.get("seed", TrainConfig.seed)), f"{where}: seeds")
-    attacks, test_subset, eval_batch = _evaluation(data.get("evaluation") or {}, where)
+    attacks, test_subset, eval_batch, aa_subset = _evaluation(data.get("evaluation") or {}, where)
     runs_data = _mapping(data["runs"], where, "'runs'")
     runs = [_run(str(name), spec, where) for name, spec in runs_data.items()]
     reference = str(data["reference"])
@@ -188,7 +189,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         raise ConfigError(f"{where}: reference {reference!r} is not one of its runs ({', '.join(runs_data)})")
     suite = Suite(name=str(data["name"]), description=str(data.get("description") or ""), source=source,
                   reference=reference, common=common, attacks=attacks, runs=runs, test_subset=test_subset,
-                  eval_batch_size=eval_batch, text=text, seeds=seeds)
+                  eval_batch_size=eval_batch, aa_subset=aa_subset, text=text, seeds=seeds)
     check_folders(suite, suite.resolve_seeds())
     check_runs(suite)
     return suite
@@ -305,7 +306,7 @@ def _common(common: Any, where: str) -> dict:
     return out
 
 
-def _evaluation(ev: Any, where: str) -> tuple[list[str], int | None, int]:
+def _evaluation(ev: Any, where: str) -> tuple[list[str], int | None, int, int | None]:
     ev = _mapping(ev, where, "'evaluation'")
     _known_keys(ev, EVAL_KEYS, where, "key in 'evaluation'")
     attacks = ev.get("attacks", list(DEFAULT_ATTACKS))
@@ -314,12 +315,16 @@ def _evaluation(ev: Any, where: str) -> tuple[list[str], int | None, int]:
     if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
         raise ConfigError(f"{where}: evaluation.attacks must be a list of attack names, e.g. [clean, pgd50x10]")
     attacks = check_attacks(attacks, where)
-    subset, batch = ev.get("test_subset"), ev.get("batch_size", 500)
-    for key, value, allow_none in (("test_subset", subset, True), ("batch_size", batch, False)):
+    subset, batch, aa_subset = ev.get("test_subset"), ev.get("batch_size", 500), ev.get("aa_subset")
+    for key, value, allow_none in (("test_subset", subset, True), ("batch_size", batch, False),
+                                   ("aa_subset", aa_subset, True)):
         if (value is None and not allow_none) or (value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1)):
             raise ConfigError(f"{where}: evaluation.{key} must be an integer >= 1, got {value!r}")
-    return attacks, subset, batch
+    if "aa" in attacks and aa_subset is not None:
+        raise ConfigError(f"{where}: evaluation.aa_subset is the AutoAttack of --aa on its own images; "
+                          f"take 'aa' out of evaluation.attacks, or drop aa_subset")
+    return attacks, subset, batch, aa_subset
 
 
 def check_attacks(attacks: list[str], where: str = "evaluation") -> list[str]:
