@@ -15,9 +15,9 @@ def test_collapse_is_a_fall_below_half_the_best_by_ten_points():
     assert not collapsed(None, 0.0) and not collapsed(0.5, None)
     assert collapsed(None, 0.02, fgsm=0.80) and not collapsed(None, 0.45, fgsm=0.70)   # the FGSM gap
     assert not collapsed(None, 0.0, fgsm=0.2)                                          # both low: not robust
-    assert not collapsed(0.149, 0.304, fgsm=0.949)     # a new best, far under FGSM: a weakly trained model climbing
-    assert not collapsed(0.431, 0.41, fgsm=0.95)       # a plateau's noise
-    assert collapsed(0.40, 0.30, fgsm=0.95)            # fallen 10 points from its best, far under FGSM
+    # a climb far under FGSM is overfitting too (MNIST FGSM-RS, seed 1: validation PGD 14.9, then 30.4% at 94.9%
+    # FGSM; seed 0, caught at 13.8% PGD and 97.0% FGSM, ended at 49.6% AutoAttack with the guard, 18.2% without)
+    assert collapsed(0.149, 0.304, fgsm=0.949) and collapsed(0.15, 0.138, fgsm=0.970)
 
 
 def test_guard_marks_the_first_collapse_and_keeps_the_best():
