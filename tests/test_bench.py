@@ -542,3 +542,19 @@ def test_suite_aa_subset_is_checked():
         parse_suite(base + "evaluation: {aa_subset: 0}\n", "x")
     with pytest.raises(ConfigError, match="take 'aa' out of evaluation.attacks"):
         parse_suite(base + "evaluation: {attacks: [clean, aa], aa_subset: 100}\n", "x")
+
+
+def test_keep_runs_copies_the_records_without_checkpoints_and_they_report(runs, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keep_runs", Path(__file__).parents[1] / "benchmarks" / "keep_runs.py")
+    keep_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_runs)
+    (runs / "pgd" / "best.pt").write_bytes(b"x" * 100)
+    dest = tmp_path / "records"
+    assert keep_runs.main([str(runs), str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["free", "mdeat", "pgd"]      # 'broken' is unfinished
+    assert not (dest / "pgd" / "best.pt").exists() and (dest / "pgd" / "eval.json").is_file()
+    table = lambda folder: [l for l in write_report(collect([folder])[0], tmp_path / folder.name, None)["md"]
+                            .read_text().splitlines() if l.startswith("|")]
+    assert table(dest) == table(runs)
