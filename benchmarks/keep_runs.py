@@ -22,15 +22,18 @@ import shutil
 import sys
 from pathlib import Path
 
-KEPT = ("config.yaml", "summary.json", "eval.json", "eval-aa.json", "metrics.jsonl", "train.log")
-BENCH = ("bench.json", "suite.yaml")
+from fastrobust.bench.results import BENCH_FILE
+from fastrobust.runfolder import CONFIG, EVAL, EVAL_AA, LOG, METRICS, SUMMARY, RunFolder
+
+KEPT = (CONFIG, SUMMARY, EVAL, EVAL_AA, METRICS, LOG)     # the records; checkpoints (*.pt) are left out
+BENCH = (BENCH_FILE, "suite.yaml")
 
 
 def keep(src: Path, dest: Path) -> list[str]:
     """Copy the records of SRC's finished runs into DEST; returns the runs copied."""
     if not src.is_dir():
         raise SystemExit(f"keep_runs: {src} is not a folder (give a `fastrobust bench` output folder)")
-    runs = sorted(p for p in src.iterdir() if p.is_dir() and (p / "summary.json").is_file())
+    runs = sorted(p for p in src.iterdir() if p.is_dir() and RunFolder(p).summary.is_file())
     if not runs:
         raise SystemExit(f"keep_runs: {src} holds no finished run (no RUN/summary.json)")
     dest.mkdir(parents=True, exist_ok=True)
