@@ -218,24 +218,26 @@ def pick_reference(rows: list[Row], wanted: str | None, suggested: str | None = 
 
 # --------------------------------------------------------------------------- several seeds of one run
 class Stat(float):
-    """A value's mean over seeds (it is that float), with the sample standard deviation ``std`` and count ``n``."""
+    """A value's mean over seeds (it is that float), with the sample standard deviation ``std``, its
+    count ``n`` and ``of``, the number of seeds of its row where some may lack this value (None: all have it)."""
 
     std: float
     n: int
-    of: int | None = None          # the number of seeds of its row, where some lack this value
+    of: int | None
 
-    def __new__(cls, values):
+    def __new__(cls, values, of: int | None = None):
         vals = [float(v) for v in values]
         self = super().__new__(cls, math.fsum(vals) / len(vals))
         self.std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         self.n = len(vals)
+        self.of = of
         return self
 
 
-def stat(values) -> Stat | None:
-    """The :class:`Stat` of the values that are not None (None when none is)."""
+def stat(values, of: int | None = None) -> Stat | None:
+    """The :class:`Stat` of the values that are not None (None when none is); ``of``: see :class:`Stat`."""
     vals = [v for v in values if v is not None]
-    return Stat(vals) if vals else None
+    return Stat(vals, of) if vals else None
 
 
 class SeedGroup:
@@ -267,11 +269,7 @@ class SeedGroup:
         eval-aa.json may be done for some seeds only)."""
         each = [r.accuracies() for r in self.rows]
         labels = list(dict.fromkeys(label for acc in each for label in acc))
-        out = {label: stat(acc.get(label) for acc in each) for label in labels}
-        for value in out.values():
-            if value is not None:
-                value.of = len(self.rows)
-        return out
+        return {label: stat((acc.get(label) for acc in each), of=len(self.rows)) for label in labels}
 
     def prefix(self, label: str) -> tuple[str, ...]:
         return self.rows[0].prefix(label)

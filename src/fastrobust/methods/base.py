@@ -106,7 +106,22 @@ class MethodContext:
     eps_warmup: float = 0.0            # epochs of the eps ramp (see --eps-warmup)
 
 
-class Method:
+class Stateful:
+    """What a method and each part of a composed method expose of their state."""
+
+    def state(self) -> dict:
+        """State to log with each epoch's metrics (e.g. ``r``, ``K``)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` gave."""
+
+
+class Method(Stateful):
     """Base class: subclasses set ``name``, ``description``, ``params`` and implement ``train_batch``."""
 
     name: ClassVar[str] = ""
@@ -157,19 +172,9 @@ class Method:
         returns what changed, or None when the method has no attack to strengthen."""
         return None
 
-    def state(self) -> dict:
-        """Method state to log with each epoch's metrics (e.g. ``r``, ``K``)."""
-        return {}
-
-    def state_dict(self) -> dict:
-        """Everything needed to resume the method exactly."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
-class Component:
+class Component(Stateful):
     """A part of a composed method (an attack, a loss or a schedule; see ``compose.py``).
 
     A method's registration makes a template; :meth:`bind` gives each run its own
@@ -194,13 +199,4 @@ class Component:
         """Refuse parameter values that make no sense together (a :class:`ConfigError` naming the fix)."""
 
     def end_epoch(self, epoch: int) -> None:
-        pass
-
-    def state(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        """Called after each epoch (0-based); may update the part's own state."""
