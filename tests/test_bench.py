@@ -277,6 +277,23 @@ def test_a_method_parameter_newer_than_a_run_counts_as_its_default():
     assert any("method_params" in d for d in diff(requested, saved))
 
 
+def test_an_m_plus_run_saved_before_step_rule_had_the_eps_over_k_step_not_todays_default():
+    # a run saved before `step_rule` existed stepped eps/K; today's default (constant alpha) would be
+    # another training, so bench must not adopt it as one
+    from fastrobust.bench.suite import config_differences as diff
+    from fastrobust.config import TrainConfig, resolve
+    from fastrobust.data import DATASETS
+    from fastrobust.methods import get_method
+
+    requested = TrainConfig(method="mpgd", dataset="mnist-subset")
+    resolved = resolve(requested, DATASETS["mnist-subset"], get_method("mpgd")).to_dict()
+    old = {k: v for k, v in resolved["method_params"].items() if k != "step_rule"}
+    assert resolved["method_params"]["step_rule"] == "constant"
+    assert any("method_params" in d and "eps-over-k" in d for d in diff(requested, {**resolved, "method_params": old}))
+    asked_old = TrainConfig(method="mpgd", dataset="mnist-subset", method_params={"step_rule": "eps-over-k"})
+    assert diff(asked_old, {**resolved, "method_params": old}) == []
+
+
 # --------------------------------------------------------------------------- seeds
 @pytest.mark.parametrize("value, base, seeds", [
     ("3", 0, [0, 1, 2]), (3, 0, [0, 1, 2]), ("0,2", 0, [0, 2]), (" 5 , 1 ", 0, [5, 1]), ("4,", 0, [4]),

@@ -189,3 +189,16 @@ def test_resume_accepts_the_parameters_the_run_was_started_with(tmp_path):
     with pytest.raises(FastrobustError, match="method_params was"):
         train(_cfg(tmp_path, method="free", epochs=1, method_params={"replays": 3}), resume=True,
               progress=False, echo=lambda s: None)
+
+
+def test_a_run_saved_before_a_parameter_existed_resumes_as_it_behaved_then(tmp_path):
+    # an M+ run saved before `step_rule` existed stepped eps/K: resumed, it must not switch to today's default
+    from fastrobust.engine.trainer import _merge_for_resume
+
+    cfg = _cfg(tmp_path, "old-mpgd", method="mpgd", epochs=2)
+    out = tmp_path / "old-mpgd"
+    out.mkdir()
+    for saved, rule in (({"k_start": 0, "k_max": 7, "gamma": 1.0}, "eps-over-k"),
+                        ({"k_start": 0, "k_max": 7, "gamma": 1.0, "step_rule": "constant"}, "constant")):
+        (out / "config.yaml").write_text(yaml.safe_dump(dict(cfg.to_dict(), method_params=saved)))
+        assert _merge_for_resume(cfg, out).method_params["step_rule"] == rule

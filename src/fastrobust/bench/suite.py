@@ -392,14 +392,13 @@ def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
     else:
         values, skip_defaults = requested.to_dict(), True
     defaults = dataclasses.asdict(TrainConfig())
-    param_defaults = {p.name: p.default for p in get_method(requested.method).params}
     out = []
     for key, value in values.items():
         if key in ("out", "device", "data_dir", "dist_timeout", "workers") or (skip_defaults and value == defaults[key]):
             continue
         old = saved.get(key, defaults[key])   # a key newer than the run: the run had its default
         if key == "method_params" and isinstance(old, dict) and saved.get("method") == requested.method:
-            old = {**param_defaults, **old}   # likewise a method parameter newer than the run
+            old = get_method(requested.method).saved_params(old)   # likewise a method parameter newer than the run
         if skip_defaults and isinstance(value, dict):
             old = old or {}
             out += [f"{key}.{k} was {old.get(k)!r}, now {v!r}" for k, v in value.items() if not same_value(old.get(k), v)]

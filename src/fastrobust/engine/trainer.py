@@ -815,6 +815,9 @@ def _merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None
     the saved value even where it equals the default (``--method pgd`` on a natural run is refused);
     None: the keys whose value differs from the default."""
     saved = TrainConfig().update(load_yaml(RunFolder(out).config), f"{RunFolder(out).config}")
+    if saved.method_params:   # a saved run's parameters are resolved; those newer than it: as it behaved then
+        with contextlib.suppress(ConfigError):
+            saved.method_params = get_method(saved.method).saved_params(saved.method_params)
     values = cfg.to_dict()
     defaults = TrainConfig().to_dict()
     explicit = (lambda key: key in given) if given is not None else (lambda key: values[key] != defaults[key])

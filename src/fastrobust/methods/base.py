@@ -39,6 +39,13 @@ class Param:
     help: str
     minimum: float | None = None
     choices: tuple | None = None
+    #: how a run saved before this parameter existed behaved, where not as ``default`` (see ``then``)
+    absent: Any = None
+
+    @property
+    def then(self) -> Any:
+        """The value to assume for a saved run whose config lacks this parameter."""
+        return self.default if self.absent is None else self.absent
 
     @property
     def flag(self) -> str:
@@ -150,6 +157,11 @@ class Method(Stateful):
         for p in cls.params:
             out.setdefault(p.name, p.default)
         return out
+
+    @classmethod
+    def saved_params(cls, saved: dict) -> dict:
+        """A saved run's parameters, completed with how the run behaved for those newer than it."""
+        return {**{p.name: p.then for p in cls.params}, **saved}
 
     @classmethod
     def default_alpha(cls, eps: float, recipe_ratio: float, params: dict) -> float:

@@ -91,7 +91,7 @@ class MPlus(Schedule):
                       f"threshold, gamma x its value after the second epoch or at the last raise{floor}", minimum=0.0),
                 Param("step_rule", str, "constant", "M+: attack step per epoch: constant = alpha (the paper's code); "
                       f"eps-over-k = max(eps/{lv}, alpha) (a later rewrite, never run by the paper)",
-                      choices=STEP_RULES))
+                      choices=STEP_RULES, absent="eps-over-k"))
 
     def reset(self):
         n = self.level_name.lower()
