@@ -185,7 +185,6 @@ class Method(Stateful):
         return None
 
 
-
 class Component(Stateful):
     """A part of a composed method (an attack, a loss or a schedule; see ``compose.py``).
 
