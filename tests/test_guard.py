@@ -61,6 +61,13 @@ def test_tables_mark_a_collapsed_run():
     assert collapse_mark({"collapsed": False}) == "" and collapse_mark({}) == ""
     assert collapse_mark({"collapsed": True, "collapsed_epoch": 4}) == " (collapsed in epoch 4)"
     assert collapse_mark({"collapsed": True, "collapsed_epoch": 4, "guard_events": [{}, {}]}) == " (collapsed, guard x2)"
+    from fastrobust.bench.results import seeds_collapse_mark as seeds
+
+    ok, fell3, fell4 = {"collapsed": False}, {"collapsed": True, "collapsed_epoch": 3}, {"collapsed": True, "collapsed_epoch": 4}
+    assert seeds([fell4]) == " (collapsed in epoch 4)" and seeds([ok, ok]) == ""
+    assert seeds([fell3, ok, fell4]) == " (collapsed in 2 of 3 seeds: epochs 3, 4)"
+    assert seeds([ok, fell4]) == " (collapsed in 1 of 2 seeds: epoch 4)"      # not only the first seed's mark
+    assert seeds([{**fell3, "guard_events": [{}]}, ok]) == " (guard in 1 of 2 seeds)"
 
 
 def test_a_collapse_before_any_good_epoch_strengthens_without_restoring():

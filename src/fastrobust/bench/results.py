@@ -396,7 +396,8 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
     data = []
     for r in rows:
         acc = r.accuracies()
-        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}") + collapse_mark(r.summary)
+        summaries = [x.summary for x in r.rows] if isinstance(r, SeedGroup) else [r.summary]
+        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}") + seeds_collapse_mark(summaries)
         vals = [name, r.method, r.summary.get("epochs"), *([r.n_seeds] if seeds else []),
                 *([r.n_test] if len(sizes) > 1 else []),
                 *(acc.get(l) for l in labels), r.passes, r.seconds]
@@ -418,6 +419,20 @@ def collapse_mark(summary: dict) -> str:
     if events:
         return f" (collapsed, guard x{len(events)})"
     return f" (collapsed in epoch {summary['collapsed_epoch']})" if summary.get("collapsed") else ""
+
+
+def seeds_collapse_mark(summaries: list[dict]) -> str:
+    """:func:`collapse_mark` of one run; of several seeds of a run, how many collapsed (and in which
+    epochs) or were recovered by the guard, so that a row's mean never hides a collapsed seed."""
+    if len(summaries) == 1:
+        return collapse_mark(summaries[0])
+    n = len(summaries)
+    guarded = [s for s in summaries if s.get("guard_events")]
+    fell = [s for s in summaries if s.get("collapsed") and not s.get("guard_events")]
+    parts = [f"collapsed in {len(fell)} of {n} seeds: epoch{'s' if len(fell) > 1 else ''} "
+             + ", ".join(str(s.get("collapsed_epoch")) for s in fell)] if fell else []
+    parts += [f"guard in {len(guarded)} of {n} seeds"] if guarded else []
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _cell(column: str, value) -> str:
