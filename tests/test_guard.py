@@ -48,6 +48,24 @@ def test_guard_restores_the_remembered_state_and_strengthens():
     assert saved.events == g.events and saved.snapshot["epoch"] == 1
 
 
+def test_a_restore_to_before_the_m_plus_threshold_replays_the_rules_first_epochs():
+    # MNIST M+DEAT with --guard: the guard restored epoch 2 or 3 (the rule's threshold not set yet) and the
+    # next epoch's rule compared MG with no threshold (TypeError). The rule's epochs come back with its state.
+    model, method, step, _ = make_method("mdeat", epochs=8)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = Guard(enabled=True)
+    states, _ = run_epochs(model, method, step, 1)              # the rule's epoch 0: r 1 -> 2
+    g.observe(1, 0.3)
+    g.remember(1, model, method.opt, scaler, method)
+    states += run_epochs(model, method, step, 2, first=1)[0]    # epoch 1 sets the threshold, epoch 2 compares
+    assert states[1]["threshold"] is not None
+    assert g.observe(3, 0.0, fgsm=0.9)
+    g.recover(3, 0.0, model, method.opt, scaler, method)
+    assert method.schedule_.rule.threshold is None and method.boost == 1
+    after, _ = run_epochs(model, method, step, 2, first=3)      # the rule's epoch 1 again, then a comparison
+    assert after[0]["threshold"] is not None and after[0]["r"] == 2
+
+
 def test_guard_off_never_restores():
     model, method, step, _ = make_method("pgd")
     g = Guard(enabled=False)

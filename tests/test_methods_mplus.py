@@ -46,7 +46,7 @@ def test_rule_reproduces_the_reference_trajectory():
     rule, used = MPlusRule(start=1, maximum=8, gamma=1.01), []
     for t, mg in enumerate(reference_mgs()):
         used.append(rule.level)
-        rule.update(t, mg)
+        rule.update(mg)
     assert used == REFERENCE_R and sum(used) == 246
 
 
@@ -64,18 +64,27 @@ def test_mdeat_follows_the_reference_trajectory_through_on_epoch_end():
 
 def test_rule_by_hand():
     rule = MPlusRule(start=0, maximum=3, gamma=2.0)
-    assert rule.update(0, 0.0) == 1 and rule.threshold is None      # epoch 0: +1 whatever MG
-    assert rule.update(1, 10.0) == 1 and rule.threshold == 20.0     # epoch 1: threshold only
-    assert rule.update(2, 15.0) == 1 and rule.threshold == 20.0     # below: neither moves
-    assert rule.update(3, 20.0) == 1 and rule.threshold == 20.0     # equal does not raise
-    assert rule.update(4, 25.0) == 2 and rule.threshold == 50.0
-    assert rule.update(5, 60.0) == 3 and rule.threshold == 120.0
-    assert rule.update(6, 1e9) == 3 and rule.threshold == 120.0     # at the maximum: nothing moves
+    assert rule.update(0.0) == 1 and rule.threshold is None      # epoch 0: +1 whatever MG
+    assert rule.update(10.0) == 1 and rule.threshold == 20.0     # epoch 1: threshold only
+    assert rule.update(15.0) == 1 and rule.threshold == 20.0     # below: neither moves
+    assert rule.update(20.0) == 1 and rule.threshold == 20.0     # equal does not raise
+    assert rule.update(25.0) == 2 and rule.threshold == 50.0
+    assert rule.update(60.0) == 3 and rule.threshold == 120.0
+    assert rule.update(1e9) == 3 and rule.threshold == 120.0     # at the maximum: nothing moves
     capped = MPlusRule(start=5, maximum=2, gamma=1.01)
-    assert capped.level == 2 and capped.update(0, 1.0) == 2
+    assert capped.level == 2 and capped.update(1.0) == 2
     restored = MPlusRule(start=0, maximum=3, gamma=2.0)
     restored.load_state_dict(rule.state_dict())
-    assert (restored.level, restored.threshold) == (3, 120.0)
+    assert (restored.level, restored.threshold, restored.epochs) == (3, 120.0, 7)
+    early = MPlusRule(start=0, maximum=3, gamma=2.0)
+    early.update(0.0)
+    back = early.state_dict()                 # after the rule's epoch 0: level 1, no threshold yet
+    early.update(10.0)
+    early.load_state_dict(back)               # restored (the collapse guard): epoch 1 comes again
+    assert early.update(4.0) == 1 and early.threshold == 8.0 and early.update(9.0) == 2
+    old = MPlusRule(start=0, maximum=3, gamma=2.0)
+    old.load_state_dict({"level": 2, "threshold": 50.0})     # a checkpoint from before the count was kept
+    assert old.epochs == 2 and old.update(60.0) == 3
 
 
 def test_grad_magnitude_weights_channels_and_ignores_batch_size():
@@ -97,7 +106,7 @@ def test_rule_reach_floor_raises_k_while_k_steps_cannot_cross_the_ball():
     rule = MPlusRule(start=0, maximum=7, gamma=1.01, floor=True)
     levels = [rule.level]
     for t in range(8):       # MG falls: only the floor can raise K (alpha 2/255 at eps 8/255: K = 4 reaches)
-        rule.update(t, 100.0 - t, reaches=rule.level * 2 >= 8)
+        rule.update(100.0 - t, reaches=rule.level * 2 >= 8)
         levels.append(rule.level)
     assert levels == [0, 1, 1, 2, 3, 4, 4, 4, 4]
     assert rule.threshold == pytest.approx(1.01 * 96.0)                # moved with the last (floor) raise

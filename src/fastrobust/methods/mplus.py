@@ -28,20 +28,26 @@ from .strength import Schedule, level_param
 
 
 class MPlusRule:
-    """The level (K or r) starts at ``start``. After epoch 0 it rises by one; after epoch 1 the threshold
-    becomes ``gamma * MG_1``; after each later epoch, if (``MG_t > threshold`` and level < ``maximum``) or,
-    with ``floor``, the level's steps cannot yet cross the eps-ball (alpha * level < eps), the threshold becomes
-    ``gamma * MG_t`` and the level rises by one. The threshold moves only when the level moves; the level
-    never exceeds ``maximum``."""
+    """The level (K or r) starts at ``start``. After the rule's epoch 0 it rises by one; after its epoch 1 the
+    threshold becomes ``gamma * MG_1``; after each later epoch, if (``MG_t > threshold`` and level < ``maximum``)
+    or, with ``floor``, the level's steps cannot yet cross the eps-ball (alpha * level < eps), the threshold
+    becomes ``gamma * MG_t`` and the level rises by one. The threshold moves only when the level moves; the
+    level never exceeds ``maximum``.
+
+    The rule counts its own epochs (``epochs``, part of its state): a state restored from an earlier epoch
+    (the collapse guard's restore) takes the rule back to that point, and its epochs 0 and 1 come again
+    if the restored state was from before them."""
 
     def __init__(self, start: int, maximum: int, gamma: float, floor: bool = False) -> None:
         self.maximum, self.gamma, self.floor = maximum, gamma, floor
         self.level = min(start, maximum)
         self.threshold: float | None = None
+        self.epochs = 0            # epochs the rule has seen
 
-    def update(self, epoch: int, mg: float, reaches: bool = True) -> int:
-        """Apply the rule after epoch ``epoch`` (0-based, counted from the first epoch at full eps) whose
-        gradient magnitude was ``mg``; ``reaches``: whether the current level's steps can cross the ball."""
+    def update(self, mg: float, reaches: bool = True) -> int:
+        """Apply the rule after its next epoch, whose gradient magnitude was ``mg``; ``reaches``: whether the
+        current level's steps can cross the ball."""
+        epoch, self.epochs = self.epochs, self.epochs + 1
         if epoch == 0:
             self.level = min(self.level + 1, self.maximum)
         elif epoch == 1:
@@ -52,10 +58,13 @@ class MPlusRule:
         return self.level
 
     def state_dict(self) -> dict:
-        return {"level": self.level, "threshold": self.threshold}
+        return {"level": self.level, "threshold": self.threshold, "epochs": self.epochs}
 
     def load_state_dict(self, state: dict) -> None:
         self.level, self.threshold = state["level"], state["threshold"]
+        # a checkpoint from before the count was kept: past epoch 1 once a threshold is set; before
+        # that, its epoch 0 (an older checkpoint of the rule's epoch 0 would raise the level once more)
+        self.epochs = state.get("epochs", 2 if self.threshold is not None else 0)
 
 
 def grad_magnitude(grad: torch.Tensor, input_std: torch.Tensor) -> torch.Tensor:
@@ -134,11 +143,10 @@ class MPlus(Schedule):
     def grow(self, epoch):
         self.epoch_mg = float(self.ctx.all_reduce_sum(self.mg_sum).item())
         self.mg_sum = torch.zeros_like(self.mg_sum)
-        rule_epoch = epoch - math.ceil(self.ctx.eps_warmup)   # epochs 0 and 1 of the rule: the first at full eps
-        if rule_epoch < 0:
+        if epoch < math.ceil(self.ctx.eps_warmup):   # epochs 0 and 1 of the rule: the first at full eps
             return self.rule.level
         eps, alpha, level = self.ctx.eps, self.ctx.alpha, self.rule.level
-        return self.rule.update(rule_epoch, self.epoch_mg, reaches=self._step(eps, alpha, level) * level >= eps * (1 - 1e-9))
+        return self.rule.update(self.epoch_mg, reaches=self._step(eps, alpha, level) * level >= eps * (1 - 1e-9))
 
     def state(self):
         """The level used during the epoch, the epoch's MG and the threshold after this epoch's decision."""
