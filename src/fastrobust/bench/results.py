@@ -53,6 +53,10 @@ class Row:
     n_seeds = 1
 
     @property
+    def summaries(self) -> list[dict]:
+        return [self.summary]
+
+    @property
     def seed(self) -> int | None:
         seed = (self.config or {}).get("seed", self.summary.get("seed"))
         return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
@@ -255,6 +259,7 @@ class SeedGroup:
         self.metrics, self.metrics_std = _mean_metrics(self.rows)
 
     n_seeds = property(lambda self: len(self.rows))
+    summaries = property(lambda self: [r.summary for r in self.rows])
     seeds = property(lambda self: [r.seed for r in self.rows])
     method = property(lambda self: self.rows[0].method)
     on_cpu = property(lambda self: self.rows[0].on_cpu)
@@ -396,8 +401,7 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
     data = []
     for r in rows:
         acc = r.accuracies()
-        summaries = [x.summary for x in r.rows] if isinstance(r, SeedGroup) else [r.summary]
-        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}") + seeds_collapse_mark(summaries)
+        name = r.name + ("" if r.evaluation is not None else f" {SUMMARY_MARK}") + seeds_collapse_mark(r.summaries)
         vals = [name, r.method, r.summary.get("epochs"), *([r.n_seeds] if seeds else []),
                 *([r.n_test] if len(sizes) > 1 else []),
                 *(acc.get(l) for l in labels), r.passes, r.seconds]
