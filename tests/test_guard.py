@@ -33,7 +33,7 @@ def test_guard_restores_the_remembered_state_and_strengthens():
     g = Guard(enabled=True)
     run_epochs(model, method, step, 1)
     g.observe(1, 0.6)
-    g.remember(1, model, method.opt, scaler, method)
+    g.remember(1, 0.6, model, method.opt, scaler, method)
     good = {k: v.clone() for k, v in model.state_dict().items()}
     run_epochs(model, method, step, 1, first=1)
     assert any(not torch.equal(good[k], v) for k, v in model.state_dict().items())
@@ -56,7 +56,7 @@ def test_a_restore_to_before_the_m_plus_threshold_replays_the_rules_first_epochs
     g = Guard(enabled=True)
     states, _ = run_epochs(model, method, step, 1)              # the rule's epoch 0: r 1 -> 2
     g.observe(1, 0.3)
-    g.remember(1, model, method.opt, scaler, method)
+    g.remember(1, 0.3, model, method.opt, scaler, method)
     states += run_epochs(model, method, step, 2, first=1)[0]    # epoch 1 sets the threshold, epoch 2 compares
     assert states[1]["threshold"] is not None
     assert g.observe(3, 0.0, fgsm=0.9)
@@ -69,7 +69,7 @@ def test_a_restore_to_before_the_m_plus_threshold_replays_the_rules_first_epochs
 def test_guard_off_never_restores():
     model, method, step, _ = make_method("pgd")
     g = Guard(enabled=False)
-    g.remember(1, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
+    g.remember(1, 0.5, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
     assert g.snapshot is None and g.recover(2, 0.0, model, method.opt, None, method) is None
 
 
@@ -94,3 +94,25 @@ def test_a_collapse_before_any_good_epoch_strengthens_without_restoring():
     assert g.observe(1, 0.01, fgsm=0.9)
     event = g.recover(1, 0.01, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
     assert event["restored_epoch"] is None and "replays +1" in event["change"] and method.boost == 1
+
+
+def test_a_remembered_state_no_better_than_the_collapse_is_not_restored():
+    # MNIST M+DEAT seed 2 with --guard: the last good state was warm-up epoch 2 (0% validation PGD); each
+    # collapse restored it, throwing away a partial recovery (9-19% PGD at 56-73% FGSM), 5 times. AA ended at 0.
+    model, method, step, _ = make_method("mdeat", epochs=8)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = Guard(enabled=True)
+    run_epochs(model, method, step, 1)
+    g.observe(1, 0.0, fgsm=0.01)
+    g.remember(1, 0.0, model, method.opt, scaler, method)
+    run_epochs(model, method, step, 1, first=1)
+    now = {k: v.clone() for k, v in model.state_dict().items()}
+    assert g.observe(2, 0.091, fgsm=0.729)
+    event = g.recover(2, 0.091, model, method.opt, scaler, method)
+    assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())       # kept where it is
+    assert event["restored_epoch"] is None and event["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0}
+    assert "replays +1" in event["change"] and method.boost == 1                      # but strengthened
+    # a state that is better than the collapse is restored as before
+    assert g.recover(3, 0.0, model, method.opt, scaler, method)["restored_epoch"] is None  # 0.0: not better
+    g.snapshot["robust"] = 0.05
+    assert g.recover(4, 0.0, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 3

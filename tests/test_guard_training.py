@@ -85,3 +85,30 @@ def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_pa
     out, metrics, summary = run(tmp_path, "--guard")
     assert summary["collapsed_epoch"] == 3 and [e["epoch"] for e in summary["guard_events"]] == [3, 4, 5]
     assert metrics[2]["val_fgsm_acc"] == 0.80 and metrics[4]["guard_boost"] == 2   # the boost used in epoch 5
+
+
+def test_the_guard_keeps_a_partial_recovery_instead_of_restoring_a_worse_state(tmp_path, monkeypatch):
+    """The remembered state (epoch 1, 0% PGD) is no better than any collapse after it: training goes on from the
+    collapsed weights with a stronger attack, and the climb (1 -> 9 -> 19% PGD) is not thrown away."""
+    real = trainer._validate
+    script = iter([(0.0, 0.01), (0.0, 0.02), (0.01, 0.84), (0.09, 0.73), (0.19, 0.65)])
+    saved = {}
+    real_save = trainer._save_checkpoints
+
+    def validate(run):
+        robust, fgsm = next(script)
+        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
+
+    def save(run, record, improved):
+        real_save(run, record, improved)
+        saved[record["epoch"]] = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+    monkeypatch.setattr(trainer, "_save_checkpoints", save)
+    out, metrics, summary = run(tmp_path, "--guard")
+    events = summary["guard_events"]
+    assert [e["epoch"] for e in events] == [3, 4, 5] and all(e["restored_epoch"] is None for e in events)
+    assert all(e["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0} for e in events)
+    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 3, 4]          # strengthened after each
+    assert not any(all(torch.equal(saved[e][k], saved[1][k]) for k in saved[1]) for e in (3, 4, 5))
+    assert "is no better" in (out / "train.log").read_text()

@@ -10,7 +10,10 @@ FGSM accuracy stay high); the second catches a run that overfits before it was e
 Ordinary epoch-to-epoch noise moves by a few points. Without the guard the run only says so (``collapsed`` and
 ``collapsed_epoch`` in summary.json). With it, the engine keeps a copy of the training state
 (weights, optimizer, gradient scaler, method state) at every new best epoch; on a collapse it
-restores that copy and asks the method to strengthen its attack for the rest of the run
+restores that copy, if its validation robust accuracy is above the collapsed epoch's (a copy that
+is no better, such as the last eps warm-up epoch of a run that was never robust, is not restored:
+restoring it again and again threw away each partial recovery, MNIST M+DEAT seed 2), and asks the
+method to strengthen its attack for the rest of the run
 (:meth:`fastrobust.methods.Method.strengthen`: one more step or replay; a fixed step count keeps
 its reach with a smaller step), and records the event in metrics.jsonl and train.log. The passes
 of the collapsed epochs stay counted: they were spent. fast_adversarial's early stop only stops
@@ -38,6 +41,12 @@ def collapsed(best_robust: float | None, robust: float | None, fgsm: float | Non
     return best_robust is not None and robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
 
 
+def _better(snapshot_robust: float | None, robust: float | None) -> bool:
+    """Whether a remembered state (its validation robust accuracy) is worth restoring after a collapse to ``robust``;
+    a snapshot saved before its accuracy was kept (an older run's checkpoint) is."""
+    return snapshot_robust is None or robust is None or snapshot_robust > robust
+
+
 class Guard:
     """The last good training state and the events so far; ``enabled=False``: marks only."""
 
@@ -59,19 +68,24 @@ class Guard:
             self.best_robust = robust
         return hit
 
-    def remember(self, epoch: int, model, opt, scaler, method) -> None:
-        """Keep the training state of a good epoch (called at every new best)."""
+    def remember(self, epoch: int, robust: float | None, model, opt, scaler, method) -> None:
+        """Keep the training state of a good epoch (called at every new best), with its validation robust accuracy."""
         if self.enabled:
-            self.snapshot = {"epoch": epoch, **{key: to_cpu(part.state_dict(), copy=True) for key, part in
+            self.snapshot = {"epoch": epoch, "robust": robust, **{key: to_cpu(part.state_dict(), copy=True) for key, part in
                                                 (("model", model), ("optimizer", opt), ("scaler", scaler),
                                                  ("method", method))}}
 
     def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
-        """After a collapse at ``epoch``: restore the last good state, strengthen the attack; the event."""
+        """After a collapse at ``epoch``: restore the last good state if it is better than this one, strengthen
+        the attack; the event."""
         if not self.enabled:
             return None
         snap = self.snapshot
-        if snap is not None:    # none yet (a collapse before any good epoch): strengthen from where it is
+        kept = None
+        if snap is not None and not _better(snap.get("robust"), robust):
+            kept = {"epoch": snap["epoch"], "val_robust_acc": snap["robust"]}
+            snap = None
+        if snap is not None:    # none (a collapse before any good epoch, or none better): strengthen from where it is
             boost = getattr(method, "boost", 0)
             model.load_state_dict(snap["model"])
             opt.load_state_dict(snap["optimizer"])
@@ -82,6 +96,8 @@ class Guard:
         change = method.strengthen()
         event = {"epoch": epoch, "val_robust_acc": robust, "best_val_robust_acc": self.best_robust,
                  "restored_epoch": snap and snap["epoch"], "change": change or "none (the method has no attack level)"}
+        if kept:
+            event["not_restored"] = kept   # the remembered state, no better than this one
         self.events.append(event)
         return event
 

@@ -598,13 +598,15 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
         run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(val['robust_acc'])} "
                      f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}" + (
                          "; guard: " + (f"restored epoch {event['restored_epoch']}'s state, " if event["restored_epoch"]
+                                        else _not_restored(event["not_restored"]) if event.get("not_restored")
                                         else "no earlier state to restore, ") + event["change"] if event
                          else " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"))
     if event:
         record["guard"] = event
     improved = not collapse and _select_best(run, val, result.epoch)
     if improved:
-        run.guard.remember(result.epoch, run.raw_model, run.opt, run.scaler, run.method)
+        run.guard.remember(result.epoch, val["robust_acc"] if val["n"] else None, run.raw_model, run.opt, run.scaler,
+                           run.method)
     _save_checkpoints(run, record, improved)
 
 
@@ -784,6 +786,10 @@ def _set_rng(rng: dict, device: torch.device) -> None:
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _not_restored(kept: dict) -> str:
+    return f"kept this state (epoch {kept['epoch']}'s, {_pct(kept['val_robust_acc'])} robust, is no better), "
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
