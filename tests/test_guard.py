@@ -96,7 +96,7 @@ def test_a_collapse_before_any_good_epoch_strengthens_without_restoring():
     assert event["restored_epoch"] is None and "replays +1" in event["change"] and method.boost == 1
 
 
-def test_a_remembered_state_no_better_than_the_collapse_is_not_restored():
+def test_a_collapsed_epoch_clearly_above_the_remembered_state_is_kept_not_rolled_back():
     # MNIST M+DEAT seed 2 with --guard: the last good state was warm-up epoch 2 (0% validation PGD); each
     # collapse restored it, throwing away a partial recovery (9-19% PGD at 56-73% FGSM), 5 times. AA ended at 0.
     model, method, step, _ = make_method("mdeat", epochs=8)
@@ -112,7 +112,6 @@ def test_a_remembered_state_no_better_than_the_collapse_is_not_restored():
     assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())       # kept where it is
     assert event["restored_epoch"] is None and event["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0}
     assert "replays +1" in event["change"] and method.boost == 1                      # but strengthened
-    # a state that is better than the collapse is restored as before
-    assert g.recover(3, 0.0, model, method.opt, scaler, method)["restored_epoch"] is None  # 0.0: not better
-    g.snapshot["robust"] = 0.05
+    # within RESTORE_MARGIN (5 points) of the remembered state, or below it: restored as before
+    assert g.recover(3, 0.04, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 2
     assert g.recover(4, 0.0, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 3

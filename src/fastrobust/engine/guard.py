@@ -10,10 +10,11 @@ FGSM accuracy stay high); the second catches a run that overfits before it was e
 Ordinary epoch-to-epoch noise moves by a few points. Without the guard the run only says so (``collapsed`` and
 ``collapsed_epoch`` in summary.json). With it, the engine keeps a copy of the training state
 (weights, optimizer, gradient scaler, method state) at every new best epoch; on a collapse it
-restores that copy, if its validation robust accuracy is above the collapsed epoch's (a copy that
-is no better, such as the last eps warm-up epoch of a run that was never robust, is not restored:
-restoring it again and again threw away each partial recovery, MNIST M+DEAT seed 2), and asks the
-method to strengthen its attack for the rest of the run
+restores that copy, unless the collapsed epoch is clearly better (``RESTORE_MARGIN``, 5 points of
+validation robust accuracy, above it: a run that climbs back after an event, still under the FGSM
+gap, keeps its progress; restoring the last eps warm-up epoch of a run that was never robust again
+and again threw away each partial recovery, MNIST M+DEAT seed 2), and asks the method to strengthen
+its attack for the rest of the run
 (:meth:`fastrobust.methods.Method.strengthen`: one more step or replay; a fixed step count keeps
 its reach with a smaller step), and records the event in metrics.jsonl and train.log. The passes
 of the collapsed epochs stay counted: they were spent. fast_adversarial's early stop only stops
@@ -29,6 +30,7 @@ from .distributed import to_cpu
 COLLAPSE_RATIO = 0.5
 COLLAPSE_DROP = 0.10
 OVERFIT_GAP = 0.30
+RESTORE_MARGIN = 0.05    # a collapsed epoch this far above the remembered state is kept, not rolled back
 
 
 def collapsed(best_robust: float | None, robust: float | None, fgsm: float | None = None) -> bool:
@@ -41,10 +43,11 @@ def collapsed(best_robust: float | None, robust: float | None, fgsm: float | Non
     return best_robust is not None and robust < COLLAPSE_RATIO * best_robust and best_robust - robust >= COLLAPSE_DROP
 
 
-def _better(snapshot_robust: float | None, robust: float | None) -> bool:
-    """Whether a remembered state (its validation robust accuracy) is worth restoring after a collapse to ``robust``;
-    a snapshot saved before its accuracy was kept (an older run's checkpoint) is."""
-    return snapshot_robust is None or robust is None or snapshot_robust > robust
+def _worth_restoring(snapshot_robust: float | None, robust: float | None) -> bool:
+    """Whether a remembered state (its validation robust accuracy) is worth restoring after a collapse to ``robust``:
+    unless the collapsed epoch is ``RESTORE_MARGIN`` above it (a snapshot saved before its accuracy was kept, an
+    older run's checkpoint, always is)."""
+    return snapshot_robust is None or robust is None or robust < snapshot_robust + RESTORE_MARGIN
 
 
 class Guard:
@@ -76,16 +79,16 @@ class Guard:
                                                  ("method", method))}}
 
     def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
-        """After a collapse at ``epoch``: restore the last good state if it is better than this one, strengthen
+        """After a collapse at ``epoch``: restore the last good state unless this one is clearly better, strengthen
         the attack; the event."""
         if not self.enabled:
             return None
         snap = self.snapshot
         kept = None
-        if snap is not None and not _better(snap.get("robust"), robust):
+        if snap is not None and not _worth_restoring(snap.get("robust"), robust):
             kept = {"epoch": snap["epoch"], "val_robust_acc": snap["robust"]}
             snap = None
-        if snap is not None:    # none (a collapse before any good epoch, or none better): strengthen from where it is
+        if snap is not None:    # none (a collapse before any good epoch, or this one is better): strengthen from where it is
             boost = getattr(method, "boost", 0)
             model.load_state_dict(snap["model"])
             opt.load_state_dict(snap["optimizer"])
@@ -97,7 +100,7 @@ class Guard:
         event = {"epoch": epoch, "val_robust_acc": robust, "best_val_robust_acc": self.best_robust,
                  "restored_epoch": snap and snap["epoch"], "change": change or "none (the method has no attack level)"}
         if kept:
-            event["not_restored"] = kept   # the remembered state, no better than this one
+            event["not_restored"] = kept   # the remembered state, clearly below this one
         self.events.append(event)
         return event
 

@@ -789,7 +789,7 @@ def _pct(v) -> str:
 
 
 def _not_restored(kept: dict) -> str:
-    return f"kept this state (epoch {kept['epoch']}'s, {_pct(kept['val_robust_acc'])} robust, is no better), "
+    return f"kept this state (epoch {kept['epoch']}'s, {_pct(kept['val_robust_acc'])} robust, is clearly below it), "
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
