@@ -74,9 +74,9 @@ class Guard:
     def remember(self, epoch: int, robust: float | None, model, opt, scaler, method) -> None:
         """Keep the training state of a good epoch (called at every new best), with its validation robust accuracy."""
         if self.enabled:
-            self.snapshot = {"epoch": epoch, "robust": robust, **{key: to_cpu(part.state_dict(), copy=True) for key, part in
-                                                (("model", model), ("optimizer", opt), ("scaler", scaler),
-                                                 ("method", method))}}
+            parts = (("model", model), ("optimizer", opt), ("scaler", scaler), ("method", method))
+            self.snapshot = {"epoch": epoch, "robust": robust,
+                             **{key: to_cpu(part.state_dict(), copy=True) for key, part in parts}}
 
     def recover(self, epoch: int, robust: float, model, opt, scaler, method) -> dict | None:
         """After a collapse at ``epoch``: restore the last good state unless this one is clearly better, strengthen
@@ -88,7 +88,7 @@ class Guard:
         if snap is not None and not _worth_restoring(snap.get("robust"), robust):
             kept = {"epoch": snap["epoch"], "val_robust_acc": snap["robust"]}
             snap = None
-        if snap is not None:    # none (a collapse before any good epoch, or this one is better): strengthen from where it is
+        if snap is not None:    # else none to restore (a collapse before any good epoch, or this one is better)
             boost = getattr(method, "boost", 0)
             model.load_state_dict(snap["model"])
             opt.load_state_dict(snap["optimizer"])
