@@ -590,23 +590,20 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     run.state["epoch"] = result.epoch
     # a collapse means something only for a method trained against attacks (natural training selects by clean)
     full_eps = result.epoch - 1 >= run.cfg.eps_warmup       # the whole epoch trained at full eps
+    robust = val["robust_acc"] if val["n"] else None
     collapse = run.method_cls.selects_by == "robust" and run.guard.observe(
-        result.epoch, val["robust_acc"] if val["n"] else None, val.get("fgsm_acc") if full_eps else None)
-    event = run.guard.recover(result.epoch, val["robust_acc"], run.raw_model, run.opt, run.scaler,
+        result.epoch, robust, val.get("fgsm_acc") if full_eps else None)
+    event = run.guard.recover(result.epoch, robust, run.raw_model, run.opt, run.scaler,
                               run.method) if collapse else None
     if collapse:
-        run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(val['robust_acc'])} "
-                     f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}" + (
-                         "; guard: " + (f"restored epoch {event['restored_epoch']}'s state, " if event["restored_epoch"]
-                                        else _not_restored(event["not_restored"]) if event.get("not_restored")
-                                        else "no earlier state to restore, ") + event["change"] if event
-                         else " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"))
+        run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(robust)} "
+                     f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}"
+                     + _guard_note(event))
     if event:
         record["guard"] = event
     improved = not collapse and _select_best(run, val, result.epoch)
     if improved:
-        run.guard.remember(result.epoch, val["robust_acc"] if val["n"] else None, run.raw_model, run.opt, run.scaler,
-                           run.method)
+        run.guard.remember(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
     _save_checkpoints(run, record, improved)
 
 
@@ -788,8 +785,17 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _not_restored(kept: dict) -> str:
-    return f"kept this state (epoch {kept['epoch']}'s, {_pct(kept['val_robust_acc'])} robust, is clearly below it), "
+def _guard_note(event: dict | None) -> str:
+    """The end of a collapse's train.log line: what --guard did, or a hint when it is off."""
+    if event is None:
+        return " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"
+    if event["restored_epoch"]:
+        done = f"restored epoch {event['restored_epoch']}'s state"
+    elif kept := event.get("not_restored"):
+        done = f"kept this state (epoch {kept['epoch']}'s, {_pct(kept['val_robust_acc'])} robust, is clearly below it)"
+    else:
+        done = "no earlier state to restore"
+    return f"; guard: {done}, {event['change']}"
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
