@@ -40,9 +40,10 @@ def test_guard_restores_the_remembered_state_and_strengthens():
     assert g.observe(2, 0.0)
     event = g.recover(2, 0.0, model, method.opt, scaler, method)
     assert all(torch.equal(good[k], v) for k, v in model.state_dict().items())
-    assert event["restored_epoch"] == 1 and "attack steps +1" in event["change"] and method.boost == 1
-    again = g.recover(3, 0.0, model, method.opt, scaler, method)     # a second collapse: one more
-    assert method.boost == 2 and again["change"].startswith("attack steps +2")
+    assert event["restored_epoch"] == 1 and "attack steps x2" in event["change"] and method.boost == 1
+    assert event["reason"] == "collapse"
+    again = g.recover(3, 0.0, model, method.opt, scaler, method)     # a second collapse: twice again
+    assert method.boost == 2 and again["change"].startswith("attack steps x4")
     saved = Guard(enabled=True)
     saved.load_state_dict(g.state_dict())
     assert saved.events == g.events and saved.snapshot["epoch"] == 1
@@ -93,7 +94,7 @@ def test_a_collapse_before_any_good_epoch_strengthens_without_restoring():
     g = Guard(enabled=True)
     assert g.observe(1, 0.01, fgsm=0.9)
     event = g.recover(1, 0.01, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
-    assert event["restored_epoch"] is None and "replays +1" in event["change"] and method.boost == 1
+    assert event["restored_epoch"] is None and "replays x2" in event["change"] and method.boost == 1
 
 
 def test_a_collapsed_epoch_clearly_above_the_remembered_state_is_kept_not_rolled_back():
@@ -111,7 +112,45 @@ def test_a_collapsed_epoch_clearly_above_the_remembered_state_is_kept_not_rolled
     event = g.recover(2, 0.091, model, method.opt, scaler, method)
     assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())       # kept where it is
     assert event["restored_epoch"] is None and event["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0}
-    assert "replays +1" in event["change"] and method.boost == 1                      # but strengthened
+    assert "replays x2" in event["change"] and method.boost == 1                      # but strengthened
     # within RESTORE_MARGIN (5 points) of the remembered state, or below it: restored as before
     assert g.recover(3, 0.04, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 2
     assert g.recover(4, 0.0, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 3
+
+
+def test_each_strengthening_doubles_the_level_at_half_the_step_and_the_step_stays_small():
+    # MNIST DEAT-d seed 1 with --guard (+1 replay, step x level/(level+1)): when the schedule later raised r to 4,
+    # the step grew back to 0.3 (= eps) and validation PGD fell from 70 to 46%. The step is now the schedule's / 2^n.
+    from fastrobust.methods import Batch
+
+    model, method, step, _ = make_method("deat-d")
+    x = torch.zeros(2, 1, 28, 28)
+    batch = Batch(x, torch.zeros(2, dtype=torch.long), 0.3, 0.375)
+    assert method.level_and_step(batch) == (1, 0.375)
+    method.strengthen()
+    assert method.level_and_step(batch) == (2, 0.1875)
+    method.schedule_.level = 3                                # the schedule raises r later in the run
+    assert method.level_and_step(batch) == (6, 0.1875)
+    method.strengthen()
+    assert method.level_and_step(batch) == (12, 0.09375)
+
+
+def test_after_an_event_a_large_fgsm_gap_strengthens_again_without_restoring_up_to_the_limit():
+    from fastrobust.engine.guard import MAX_STRENGTHENINGS, WEAK_GAP
+
+    model, method, step, _ = make_method("deat-d")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = Guard(enabled=True)
+    assert not g.still_weak(0.65, 0.83)                       # no event yet: a gap alone is no reason to act
+    g.observe(1, 0.01, fgsm=0.9)
+    g.recover(1, 0.01, model, method.opt, scaler, method)
+    assert g.still_weak(0.65, 0.83) and not g.still_weak(0.86, 0.92)     # DEAT-d s1 epoch 5; FGSM-RS s0 epoch 5
+    assert not g.still_weak(0.70, 0.70 + WEAK_GAP - 0.01) and not g.still_weak(0.65, None)
+    now = {k: v.clone() for k, v in model.state_dict().items()}
+    event = g.reinforce(2, 0.65, 0.83, method)
+    assert event["reason"] == "weak" and event["restored_epoch"] is None and method.boost == 2
+    assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())
+    for epoch in range(3, 6):
+        last = g.reinforce(epoch, 0.65, 0.83, method)
+    assert method.boost == MAX_STRENGTHENINGS and "limit" in last["change"]
+    assert not Guard(enabled=False).still_weak(0.0, 0.9)

@@ -38,18 +38,17 @@ class Composed(Method):
         super().__init__(ctx, **params)
         self.parts = {key: getattr(type(self), key).bind(ctx, params) for key in ("attack", "loss", "schedule")}
         self.attack_, self.loss_, self.schedule_ = self.parts.values()
-        self.boost = 0      # extra steps or replays added by the engine's collapse guard (strengthen)
+        self.boost = 0      # strengthenings by the engine's collapse guard: each doubles the level, halves the step
 
     def level_and_step(self, batch: Batch) -> tuple[int, float]:
-        """The attack's level in force (the schedule's, plus the guard's boost) and its step. A boosted level
-        keeps its reach: more steps (or replays) of a smaller step, level / (level + boost) of the schedule's
-        (single large steps are what overfits catastrophically)."""
+        """The attack's level in force (the schedule's, times 2 per guard strengthening) and its step. A boosted
+        level keeps its reach: twice the steps (or replays) of half the step per strengthening, and the step stays
+        that small when the schedule later raises its level (single large steps are what overfits
+        catastrophically: MNIST DEAT-d with +1 replay and the schedule's step growing back fell from 70 to 46%
+        validation PGD when r rose to 4)."""
         base = self.schedule_.level
-        level = base + self.boost if base else base
-        step = self.schedule_.step_size(batch, base)
-        if self.boost and base:
-            step *= base / level
-        return level, step
+        factor = 2 ** self.boost if base else 1
+        return base * factor, self.schedule_.step_size(batch, base) / factor
 
     def strengthen(self) -> str | None:
         base = self.schedule_.level
@@ -57,7 +56,8 @@ class Composed(Method):
             return None               # no attack (natural training), or one whose strength is not a level
         self.boost += 1
         what = "replays" if self.schedule_.level_name == "r" else "attack steps"
-        return f"{what} +{self.boost} for the rest of the run, each step x level/(level+{self.boost}) (the same reach)"
+        return (f"{what} x{2 ** self.boost} for the rest of the run, each step / {2 ** self.boost} "
+                f"(the same reach)")
 
     @classmethod
     def default_alpha(cls, eps, recipe_ratio, params):
