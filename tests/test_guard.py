@@ -115,7 +115,8 @@ def test_a_collapsed_epoch_clearly_above_the_remembered_state_is_kept_not_rolled
     assert "replays x2" in event["change"] and method.boost == 1                      # but strengthened
     # within RESTORE_MARGIN (5 points) of the remembered state, or below it: restored as before
     assert g.recover(3, 0.04, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 2
-    assert g.recover(4, 0.0, model, method.opt, scaler, method)["restored_epoch"] == 1 and method.boost == 3
+    last = g.recover(4, 0.0, model, method.opt, scaler, method)
+    assert last["restored_epoch"] == 1 and method.boost == 2 and "limit" in last["change"]   # MAX_STRENGTHENINGS
 
 
 def test_each_strengthening_doubles_the_level_at_half_the_step_and_the_step_stays_small():
@@ -141,16 +142,19 @@ def test_after_an_event_a_large_fgsm_gap_strengthens_again_without_restoring_up_
     model, method, step, _ = make_method("deat-d")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     g = Guard(enabled=True)
-    assert not g.still_weak(0.65, 0.83)                       # no event yet: a gap alone is no reason to act
-    g.observe(1, 0.01, fgsm=0.9)
-    g.recover(1, 0.01, model, method.opt, scaler, method)
-    assert g.still_weak(0.65, 0.83) and not g.still_weak(0.86, 0.92)     # DEAT-d s1 epoch 5; FGSM-RS s0 epoch 5
-    assert not g.still_weak(0.70, 0.70 + WEAK_GAP - 0.01) and not g.still_weak(0.65, None)
+    assert not g.still_weak(5, 0.65, 0.83)                    # no event yet: a gap alone is no reason to act
+    g.observe(4, 0.01, fgsm=0.9)
+    g.recover(4, 0.01, model, method.opt, scaler, method)
+    # the epoch right after the event is the model adapting to the new attack (MNIST DEAT-d seed 2: 59.5% PGD at
+    # 78.7% FGSM, then 84.4 at 86.0): not judged
+    assert not g.still_weak(5, 0.595, 0.787)
+    assert g.still_weak(6, 0.65, 0.83) and not g.still_weak(6, 0.86, 0.92)     # a gap that stays; a closed one
+    assert not g.still_weak(6, 0.70, 0.70 + WEAK_GAP - 0.01) and not g.still_weak(6, 0.65, None)
     now = {k: v.clone() for k, v in model.state_dict().items()}
-    event = g.reinforce(2, 0.65, 0.83, method)
+    event = g.reinforce(6, 0.65, 0.83, method)
     assert event["reason"] == "weak" and event["restored_epoch"] is None and method.boost == 2
     assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())
-    for epoch in range(3, 6):
-        last = g.reinforce(epoch, 0.65, 0.83, method)
-    assert method.boost == MAX_STRENGTHENINGS and "limit" in last["change"]
-    assert not Guard(enabled=False).still_weak(0.0, 0.9)
+    assert not g.still_weak(7, 0.65, 0.83) and g.still_weak(8, 0.65, 0.83)
+    last = g.reinforce(8, 0.65, 0.83, method)
+    assert method.boost == MAX_STRENGTHENINGS == 2 and "limit" in last["change"]
+    assert not Guard(enabled=False).still_weak(9, 0.0, 0.9)

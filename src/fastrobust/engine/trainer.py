@@ -600,10 +600,10 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
         run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(robust)} "
                      f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}"
                      + _guard_note(event))
-    elif run.method_cls.selects_by == "robust" and run.guard.still_weak(robust, fgsm):
+    elif run.method_cls.selects_by == "robust" and run.guard.still_weak(result.epoch, robust, fgsm):
         event = run.guard.reinforce(result.epoch, robust, fgsm, run.method)
         run.log.info(f"validation FGSM accuracy {_pct(fgsm)} is still {100 * (fgsm - robust):.1f} points above PGD "
-                     f"({_pct(robust)}) in epoch {result.epoch}, after the guard's last event: the attack is still "
+                     f"({_pct(robust)}) in epoch {result.epoch}, after the guard's last event and an epoch to adapt: the attack is still "
                      f"too weak; guard: {event['change']}")
     if event:
         record["guard"] = event
