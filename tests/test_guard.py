@@ -154,7 +154,18 @@ def test_after_an_event_a_large_fgsm_gap_strengthens_again_without_restoring_up_
     event = g.reinforce(6, 0.65, 0.83, method)
     assert event["reason"] == "weak" and event["restored_epoch"] is None and method.boost == 2
     assert all(torch.equal(now[k], v) for k, v in model.state_dict().items())
-    assert not g.still_weak(7, 0.65, 0.83) and g.still_weak(8, 0.65, 0.83)
-    last = g.reinforce(8, 0.65, 0.83, method)
-    assert method.boost == MAX_STRENGTHENINGS == 2 and "limit" in last["change"]
+    assert not g.still_weak(7, 0.65, 0.83) and not g.still_weak(8, 0.65, 0.83)
+    assert method.boost == MAX_STRENGTHENINGS == 2
+    assert not g.still_weak(9, 0.65, 0.83)                    # at the limit: no event at every later epoch
+    saved = Guard(enabled=True)
+    saved.load_state_dict(g.state_dict())
+    assert not saved.still_weak(9, 0.65, 0.83)
     assert not Guard(enabled=False).still_weak(9, 0.0, 0.9)
+
+
+def test_a_method_whose_attack_has_no_level_gets_no_repeated_weak_events():
+    model, method, step, _ = make_method("n-fgsm")
+    g = Guard(enabled=True)
+    g.observe(3, 0.01, fgsm=0.9)
+    event = g.recover(3, 0.01, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
+    assert event["change"].startswith("none") and not g.still_weak(5, 0.40, 0.60)

@@ -68,6 +68,7 @@ class Guard:
         self.events: list[dict] = []
         self.best_robust: float | None = None
         self.collapsed_epoch: int | None = None
+        self.can_strengthen = True       # false once the method's attack is at the guard's limit, or has no level
 
     def observe(self, epoch: int, robust: float | None, fgsm: float | None = None) -> bool:
         """See epoch ``epoch``'s (1-based) validation robust (and FGSM) accuracy; returns whether it is a collapse.
@@ -114,9 +115,10 @@ class Guard:
         return event
 
     def still_weak(self, epoch: int, robust: float | None, fgsm: float | None) -> bool:
-        """Whether epoch ``epoch``, which did not collapse, shows the attack still too weak after an event before
-        the last epoch: its validation FGSM accuracy (at full eps) ``WEAK_GAP`` or more above its PGD accuracy."""
-        return (self.enabled and bool(self.events) and epoch >= self.events[-1]["epoch"] + 2
+        """Whether epoch ``epoch``, which did not collapse, shows the attack still too weak: the last event was two
+        or more epochs ago (one epoch to adapt to it), the attack can still be strengthened, and the epoch's
+        validation FGSM accuracy (at full eps) is ``WEAK_GAP`` or more above its PGD accuracy."""
+        return (self.enabled and self.can_strengthen and bool(self.events) and epoch >= self.events[-1]["epoch"] + 2
                 and robust is not None and fgsm is not None and fgsm - robust >= WEAK_GAP)
 
     def reinforce(self, epoch: int, robust: float, fgsm: float, method) -> dict:
@@ -127,15 +129,19 @@ class Guard:
         return event
 
     def _strengthen(self, method) -> str:
-        if getattr(method, "boost", 0) >= MAX_STRENGTHENINGS:
+        at_limit = getattr(method, "boost", 0) >= MAX_STRENGTHENINGS
+        change = None if at_limit else method.strengthen()
+        self.can_strengthen = change is not None and getattr(method, "boost", 0) < MAX_STRENGTHENINGS
+        if at_limit:
             return f"none (the attack was already strengthened {MAX_STRENGTHENINGS} times, the guard's limit)"
-        return method.strengthen() or "none (the method has no attack level)"
+        return change or "none (the method has no attack level)"
 
     def state_dict(self) -> dict:
         return {"snapshot": self.snapshot, "events": self.events, "best_robust": self.best_robust,
-                "collapsed_epoch": self.collapsed_epoch}
+                "collapsed_epoch": self.collapsed_epoch, "can_strengthen": self.can_strengthen}
 
     def load_state_dict(self, state: dict | None) -> None:
         if state:
             self.snapshot, self.events = state["snapshot"], state["events"]
             self.best_robust, self.collapsed_epoch = state["best_robust"], state["collapsed_epoch"]
+            self.can_strengthen = state.get("can_strengthen", True)

@@ -603,8 +603,8 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     elif run.method_cls.selects_by == "robust" and run.guard.still_weak(result.epoch, robust, fgsm):
         event = run.guard.reinforce(result.epoch, robust, fgsm, run.method)
         run.log.info(f"validation FGSM accuracy {_pct(fgsm)} is still {100 * (fgsm - robust):.1f} points above PGD "
-                     f"({_pct(robust)}) in epoch {result.epoch}, after the guard's last event and an epoch to adapt: the attack is still "
-                     f"too weak; guard: {event['change']}")
+                     f"({_pct(robust)}) in epoch {result.epoch}, after the guard's last event and an epoch to "
+                     f"adapt: the attack is still too weak; guard: {event['change']}")
     if event:
         record["guard"] = event
     improved = not collapse and _select_best(run, val, result.epoch)
