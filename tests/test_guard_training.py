@@ -50,8 +50,8 @@ def test_the_guard_restores_the_best_state_and_strengthens_the_attack(tmp_path, 
     event = metrics[2]["guard"]
     assert event["epoch"] == 3 and event["restored_epoch"] == 2 and "attack steps x2" in event["change"]
     assert "guard:" in (out / "train.log").read_text()
-    # after the collapse the attack takes 2 steps: 3 passes per example instead of 2, all counted
-    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 3, 3]
+    # after the collapse the attack takes 4 steps (2x, at least 4): 5 passes per example instead of 2, all counted
+    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 5, 5]
     assert metrics[3]["guard_boost"] == 1
     assert summary["collapsed"] is True and summary["guard_events"] == [event]
     assert summary["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 2   # 0.60 stays the best
@@ -109,7 +109,7 @@ def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path,
     events = summary["guard_events"]
     assert [(e["epoch"], e["restored_epoch"]) for e in events] == [(3, 1), (4, None), (5, None)]
     assert all(e["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0} for e in events[1:])
-    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 3, 5]          # 2, then 4 steps: doubled after each
+    assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 5, 9]          # 4 steps (the floor), then 8
     same = [all(torch.equal(saved[e][k], saved[1][k]) for k in saved[1]) for e in (3, 4, 5)]
     assert same == [True, False, False]                                     # epoch 3 rolled back, 4 and 5 kept
     assert "is clearly below it" in (out / "train.log").read_text()
@@ -134,5 +134,5 @@ def test_the_guard_acts_from_the_last_warm_up_epoch_and_strengthens_again_while_
     assert [(e["epoch"], e["reason"]) for e in events] == [(2, "collapse"), (4, "weak")]
     assert events[1]["restored_epoch"] is None and "x4" in events[1]["change"]
     assert summary["collapsed_epoch"] == 2
-    assert [m["epoch_passes"] for m in metrics] == [2, 2, 3, 3, 5]
+    assert [m["epoch_passes"] for m in metrics] == [2, 2, 5, 5, 9]          # the floor of 4 steps, then 8
     assert "still too weak" in (out / "train.log").read_text()
