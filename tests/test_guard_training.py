@@ -28,6 +28,18 @@ def scripted(monkeypatch):
     return calls
 
 
+def script_validation(monkeypatch, pairs):
+    """Each epoch's validation (robust, FGSM) accuracies from ``pairs``; the clean pass is real."""
+    real = trainer._validate
+    script = iter(pairs)
+
+    def validate(run):
+        robust, fgsm = next(script)
+        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+
+
 def run(tmp_path, *extra):
     out = tmp_path / "run"
     code = main(["train", "--method", "fgsm-rs", "--epochs", "5", "--train-subset", "300", "--val-size", "50",
@@ -74,14 +86,7 @@ def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monke
 
 def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_path, monkeypatch):
     """Catastrophic overfitting before any robustness: PGD accuracy near 0 while FGSM's is high."""
-    real = trainer._validate
-    script = iter([(0.0, 0.0), (0.0, 0.05), (0.02, 0.80), (0.01, 0.85), (0.0, 0.9)])
-
-    def validate(run):
-        robust, fgsm = next(script)
-        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
-
-    monkeypatch.setattr(trainer, "_validate", validate)
+    script_validation(monkeypatch, [(0.0, 0.0), (0.0, 0.05), (0.02, 0.80), (0.01, 0.85), (0.0, 0.9)])
     out, metrics, summary = run(tmp_path, "--guard")
     assert summary["collapsed_epoch"] == 3 and [e["epoch"] for e in summary["guard_events"]] == [3, 4, 5]
     assert metrics[2]["val_fgsm_acc"] == 0.80 and metrics[4]["guard_boost"] == 2   # the boost used in epoch 5
@@ -90,20 +95,14 @@ def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_pa
 def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path, monkeypatch):
     """The remembered state is epoch 1 (0% PGD). Epoch 3 collapses at 1% (no better): restored. Epochs 4 and 5
     climb back (9, 19% PGD) but stay under the FGSM gap: kept, not rolled back, with a stronger attack each."""
-    real = trainer._validate
-    script = iter([(0.0, 0.01), (0.0, 0.02), (0.01, 0.84), (0.09, 0.73), (0.19, 0.65)])
+    script_validation(monkeypatch, [(0.0, 0.01), (0.0, 0.02), (0.01, 0.84), (0.09, 0.73), (0.19, 0.65)])
     saved = {}
     real_save = trainer._save_checkpoints
-
-    def validate(run):
-        robust, fgsm = next(script)
-        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
 
     def save(run, record, improved):
         real_save(run, record, improved)
         saved[record["epoch"]] = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
 
-    monkeypatch.setattr(trainer, "_validate", validate)
     monkeypatch.setattr(trainer, "_save_checkpoints", save)
     out, metrics, summary = run(tmp_path, "--guard")
     events = summary["guard_events"]
@@ -121,14 +120,7 @@ def test_the_guard_acts_from_the_last_warm_up_epoch_and_strengthens_again_while_
     FGSM-RS had overfit there on 3 seeds (5-15% PGD at 89-95% FGSM). Epoch 3 is the first with the stronger attack
     (not judged: the model adapts); epoch 4 is still 20 points under FGSM (the attack still too weak): strengthened
     again, nothing restored. Epoch 5 closes the gap."""
-    real = trainer._validate
-    script = iter([(0.0, 0.50), (0.05, 0.90), (0.55, 0.80), (0.60, 0.80), (0.72, 0.76)])
-
-    def validate(run):
-        robust, fgsm = next(script)
-        return {**real(run), "robust_acc": robust, "fgsm_acc": fgsm}
-
-    monkeypatch.setattr(trainer, "_validate", validate)
+    script_validation(monkeypatch, [(0.0, 0.50), (0.05, 0.90), (0.55, 0.80), (0.60, 0.80), (0.72, 0.76)])
     out, metrics, summary = run(tmp_path, "--guard", "--eps-warmup", "2")
     events = summary["guard_events"]
     assert [(e["epoch"], e["reason"]) for e in events] == [(2, "collapse"), (4, "weak")]

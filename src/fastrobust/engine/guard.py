@@ -129,11 +129,11 @@ class Guard:
         return event
 
     def _strengthen(self, method) -> str:
-        at_limit = getattr(method, "boost", 0) >= MAX_STRENGTHENINGS
-        change = None if at_limit else method.strengthen()
-        self.can_strengthen = change is not None and getattr(method, "boost", 0) < MAX_STRENGTHENINGS
-        if at_limit:
+        if getattr(method, "boost", 0) >= MAX_STRENGTHENINGS:
+            self.can_strengthen = False
             return f"none (the attack was already strengthened {MAX_STRENGTHENINGS} times, the guard's limit)"
+        change = method.strengthen()
+        self.can_strengthen = change is not None and getattr(method, "boost", 0) < MAX_STRENGTHENINGS
         return change or "none (the method has no attack level)"
 
     def state_dict(self) -> dict:

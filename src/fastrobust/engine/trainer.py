@@ -593,14 +593,15 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     # the epoch that ends at full eps (the last warm-up epoch; MNIST FGSM-RS had overfit there already on 3 seeds)
     fgsm = val.get("fgsm_acc") if result.epoch >= run.cfg.eps_warmup else None
     robust = val["robust_acc"] if val["n"] else None
-    collapse = run.method_cls.selects_by == "robust" and run.guard.observe(result.epoch, robust, fgsm)
+    judged = run.method_cls.selects_by == "robust"
+    collapse = judged and run.guard.observe(result.epoch, robust, fgsm)
     event = None
     if collapse:
         event = run.guard.recover(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
         run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(robust)} "
                      f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}"
                      + _guard_note(event))
-    elif run.method_cls.selects_by == "robust" and run.guard.still_weak(result.epoch, robust, fgsm):
+    elif judged and run.guard.still_weak(result.epoch, robust, fgsm):
         event = run.guard.reinforce(result.epoch, robust, fgsm, run.method)
         run.log.info(f"validation FGSM accuracy {_pct(fgsm)} is still {100 * (fgsm - robust):.1f} points above PGD "
                      f"({_pct(robust)}) in epoch {result.epoch}, after the guard's last event and an epoch to "
