@@ -594,12 +594,11 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     fgsm = val.get("fgsm_acc") if result.epoch >= run.cfg.eps_warmup else None
     robust = val["robust_acc"] if val["n"] else None
     judged = run.method_cls.selects_by == "robust"
-    collapse = judged and run.guard.observe(result.epoch, robust, fgsm)
+    collapse = judged and run.guard.observe(result.epoch, robust, fgsm, val["clean_acc"] if val["n"] else None)
     event = None
     if collapse:
         event = run.guard.recover(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
-        run.log.info(f"validation robust accuracy collapsed in epoch {result.epoch}: {_pct(robust)} "
-                     f"(FGSM {_pct(val.get('fgsm_acc'))}) against a best of {_pct(run.guard.best_robust)}"
+        run.log.info(f"catastrophic overfitting in epoch {result.epoch}: validation {run.guard.reason}"
                      + _guard_note(event))
     elif judged and run.guard.still_weak(result.epoch, robust, fgsm):
         event = run.guard.reinforce(result.epoch, robust, fgsm, run.method)
@@ -608,7 +607,8 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
                      f"adapt: the attack is still too weak; guard: {event['change']}")
     if event:
         record["guard"] = event
-    improved = not collapse and _select_best(run, val, result.epoch)
+    # a marked epoch leaves best-checkpoint selection only when --guard acted on it (restored or changed the attack)
+    improved = not (collapse and run.guard.enabled) and _select_best(run, val, result.epoch)
     if improved:
         run.guard.remember(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
     _save_checkpoints(run, record, improved)
@@ -795,7 +795,8 @@ def _pct(v) -> str:
 def _guard_note(event: dict | None) -> str:
     """The end of a collapse's train.log line: what --guard did, or a hint when it is off."""
     if event is None:
-        return " (catastrophic overfitting? --guard restores the best state and strengthens the attack)"
+        return ("; marked only, the epoch stays a candidate for the best checkpoint (--guard restores the best "
+                "state and strengthens the attack)")
     if event["restored_epoch"]:
         done = f"restored epoch {event['restored_epoch']}'s state"
     elif kept := event.get("not_restored"):
