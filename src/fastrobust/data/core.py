@@ -3,11 +3,12 @@ and seeded ways of cutting a :class:`Split` into parts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Split:
 
     x: torch.Tensor
     y: torch.Tensor
+    #: what the conversion learnt about the data (``classes``: names from the source, e.g. a Hugging Face
+    #: ClassLabel; ``notes``: warnings for the run's log and summary); not carried by :meth:`subset`
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.x.dtype != torch.uint8 or self.x.dim() != 4:
@@ -73,10 +77,65 @@ class Data:
     train: Split
     test: Split
     val: Split | None = None
+    #: warnings about the data (e.g. images a DataLoader would have dropped), for the run's log and summary.json
+    notes: list = field(default_factory=list)
+
+
+def split_meta(split) -> dict:
+    """The ``meta`` of a :class:`Split` (or of a LazySplit given one), else an empty dict."""
+    return getattr(split, "meta", None) or {}
+
+
+def check_classes(split, what: str, fix: str) -> None:
+    """Refuse a non-empty split whose labels hold fewer than 2 classes: nothing can be learnt from it and
+    its accuracy means nothing (every prediction of the one class is right)."""
+    if len(split) == 0:
+        return
+    present = torch.unique(split.y)
+    if len(present) < 2:
+        raise DataError(f"{what} holds only class {int(present[0])} ({len(split)} images): a classifier needs "
+                        f"at least 2 classes, and an accuracy on one class means nothing; {fix}")
 
 
 def _seeded_permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def chance_accuracy(y: torch.Tensor, num_classes: int) -> float:
+    """The accuracy of a model that learnt nothing on labels ``y``: the larger of 1/num_classes and the most
+    frequent class's share (always predicting it)."""
+    share = float(torch.bincount(y.long().cpu()).max()) / len(y) if len(y) else 0.0
+    return max(1 / num_classes, share)
+
+
+def learning_verdict(acc: float | None, y: torch.Tensor, num_classes: int, what: str) -> str | None:
+    """Why a model whose accuracy on labels ``y`` is ``acc`` learnt nothing (``what``: e.g. "clean test
+    accuracy"), or None when it learnt something or cannot be judged (no accuracy, no examples).
+
+    At chance level = within 2 points (or two standard errors of a chance-level accuracy on ``len(y)``
+    examples, if more) of :func:`chance_accuracy`."""
+    if acc is None or len(y) == 0:
+        return None
+    chance = chance_accuracy(y, num_classes)
+    margin = max(0.02, 2 * math.sqrt(chance * (1 - chance) / len(y)))
+    if acc > chance + margin:
+        return None
+    base = f"1 in {num_classes}" if chance == 1 / num_classes else "the share of the most frequent class"
+    return f"{what} {100 * acc:.2f}% is at chance level ({100 * chance:.2f}%, {base})"
+
+
+#: above this share of the training data, the held-out validation split is said (warned) to take too much
+VAL_SHARE_WARNING = 0.2
+
+
+def validation_share_note(n_train: int, n_val: int) -> str | None:
+    """A warning when the validation split held out of ``n_train`` training examples takes more than a fifth."""
+    if n_train <= 0 or n_val <= VAL_SHARE_WARNING * n_train:
+        return None
+    lower = max(1, int(VAL_SHARE_WARNING * n_train) // 2)
+    return (f"the validation split takes {n_val} of the {n_train} training examples ({100 * n_val / n_train:.0f}%), "
+            f"which are then not trained on: lower val_size (--val-size, e.g. {lower}) or give a validation "
+            f"split (fit(val_data=...))")
 
 
 def split_validation(train: Split, n_val: int, seed: int) -> tuple[Split, Split]:

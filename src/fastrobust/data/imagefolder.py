@@ -38,6 +38,9 @@ def _class_dirs(folder: Path) -> list[str]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} has no class folders: an image folder data set needs {_LAYOUT}")
+    if len(classes) < 2:
+        raise DataError(f"{folder} has one class folder ({classes[0]!r}): a classifier needs at least 2 classes, and "
+                        f"an accuracy on one class means nothing; add a folder of images per class ({_LAYOUT})")
     return classes
 
 

@@ -121,7 +121,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     """
     if stream:
         data = _load(name, data_dir, download, progress, stream=True)
-        return Data(data.info, *(None if s is None else lazy(s) for s in (data.train, data.test, data.val)))
+        return Data(data.info, *(None if s is None else lazy(s) for s in (data.train, data.test, data.val)), data.notes)
     return _load(name, data_dir, download, progress)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DataError
 from ..factories import call_factory
-from .core import Data, DatasetInfo, Split
+from .core import Data, DatasetInfo, Split, check_classes, split_meta
 from .imagefolder import _channel_stats
 from .stream import LazySplit, lazy
 
@@ -41,22 +41,64 @@ MEMORY_FRACTION = 0.8   # of the available memory that the converted data may ta
 
 
 def load_factory(ref: str, data_dir: str | None = None, stream: bool = False) -> Data:
-    """Call the user's data factory ``ref`` and convert its (train, test[, facts]) into :class:`Data`
-    (with ``stream``, splits read item by item when needed: :func:`to_lazy_split`)."""
+    """Call the user's data factory ``ref`` and convert what it returns into :class:`Data`: (train, test) or
+    (train, test, facts), or a mapping of splits (a Hugging Face ``DatasetDict``, or ``{"train": ...,
+    "test": ..., "validation": ..., "facts": {...}}``: :func:`_from_mapping`). With ``stream``, splits are
+    read item by item when needed (:func:`to_lazy_split`)."""
     result = call_factory(ref, "--dataset", {}, {"data_dir": data_dir})
     if isinstance(result, Data):   # already converted (fastrobust.fit)
         return result
+    if isinstance(result, Mapping):
+        return _from_mapping(result, f"--dataset {ref!r}", ref, stream)
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
-        raise DataError(f"--dataset {ref!r} returned a {type(result).__name__}; it must return (train, test) "
-                        f"or (train, test, facts): two Datasets of (image, label) pairs, and a dict")
+        raise DataError(f"--dataset {ref!r} returned a {type(result).__name__}; it must return (train, test), "
+                        f"(train, test, facts) or a mapping of splits ({{'train': ..., 'test': ...}}, e.g. a "
+                        f"Hugging Face DatasetDict)")
     facts = result[2] if len(result) == 3 else {}
-    if not isinstance(facts, Mapping) or set(facts) - _INFO_KEYS:
-        raise DataError(f"--dataset {ref!r}: the third element must be a dict with keys among "
-                        f"{', '.join(sorted(_INFO_KEYS))}; got {facts!r}")
+    _check_facts(facts, f"--dataset {ref!r}: the third element")
     convert = to_lazy_split if stream else to_split
     train = convert(result[0], f"--dataset {ref!r} train")
     test = convert(result[1], f"--dataset {ref!r} test")
     return make_data(ref, train, test, **facts)
+
+
+def _check_facts(facts, what: str) -> None:
+    if not isinstance(facts, Mapping) or set(facts) - _INFO_KEYS:
+        raise DataError(f"{what} must be a dict with keys among {', '.join(sorted(_INFO_KEYS))}; got {facts!r}")
+
+
+_TRAIN_KEYS, _TEST_KEYS, _VAL_KEYS = ("train",), ("test",), ("validation", "val", "valid")
+
+
+def _from_mapping(result: Mapping, what: str, name: str, stream: bool) -> Data:
+    """A mapping of splits as :class:`Data`: ``train`` (required), ``test``, ``validation`` (or ``val``,
+    ``valid``) and ``facts`` (the dict of the tuple form). A validation split is the run's held-out split;
+    without a test split it is the test split instead (so that the run reports test accuracy), and the
+    held-out split is taken from train. Other splits (e.g. ``unsupervised``) are left out, said so."""
+    keys = {str(k).lower(): k for k in result}
+    if "train" not in keys:
+        raise DataError(f"{what} returned a mapping of splits without a 'train' split (it has "
+                        f"{', '.join(map(repr, result)) or 'none'}); name the training split 'train', e.g. "
+                        f"{{'train': train, 'test': test}}")
+    facts = result[keys["facts"]] if "facts" in keys else {}
+    _check_facts(facts, f"{what}: 'facts'")
+    pick = lambda names: next((result[keys[n]] for n in names if n in keys), None)   # noqa: E731
+    train, test, val = pick(_TRAIN_KEYS), pick(_TEST_KEYS), pick(_VAL_KEYS)
+    notes = []
+    if test is None and val is not None:
+        test, val = val, None
+        notes.append(f"{what}: no 'test' split: the validation split is the test split, and the held-out split "
+                     f"for checkpoint selection is taken from 'train' (val_size)")
+    ignored = sorted(str(k) for k in result if str(k).lower() not in {*_TRAIN_KEYS, *_TEST_KEYS, *_VAL_KEYS, "facts"})
+    if ignored:
+        notes.append(f"{what}: split(s) {', '.join(map(repr, ignored))} left out (fastrobust uses 'train', "
+                     f"'test' and 'validation')")
+    convert = to_lazy_split if stream else to_split
+    parts = {part: None if data is None else convert(data, f"{what} {part}")
+             for part, data in (("train", train), ("test", test), ("validation", val))}
+    data = make_data(name, parts["train"], parts["test"], parts["validation"], **facts)
+    data.notes[:0] = notes
+    return data
 
 
 def make_data(name: str, train: Split, test: Split | None = None, val: Split | None = None, *,
@@ -64,13 +106,24 @@ def make_data(name: str, train: Split, test: Split | None = None, val: Split | N
               crop_pad: int = 0, flip: bool = False) -> Data:
     """:class:`Data` from converted splits: shapes agree, labels lie in [0, num_classes).
 
-    ``num_classes`` defaults to ``len(classes)``, else to the largest label + 1. A missing test
-    split is an empty one (the run then reports no test accuracy).
+    ``num_classes`` defaults to ``len(classes)``, else to the largest label + 1. ``classes`` defaults to the
+    class names the conversion found (a Hugging Face ClassLabel). A missing test split is an empty one
+    (the run then reports no test accuracy). Training data of fewer than 2 classes is refused, and so is
+    a test or validation split of one class; the conversion's warnings become :attr:`Data.notes`.
     """
     if len(train) == 0:
         raise DataError(f"{name}: the training data is empty")
     test = test if test is not None else train.subset(slice(0, 0))
     parts = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+    if not classes:
+        classes = split_meta(train).get("classes", ())
+        if classes and num_classes is not None and len(classes) != num_classes:
+            classes = ()   # the given num_classes wins over names found in the data
+    notes = [n for split in parts.values() for n in split_meta(split).get("notes", ())]
+    for part, split in parts.items():
+        check_classes(split, f"{name}: the {_PART_WORDS[part]}",
+                      "give images of at least 2 classes (labels 0, 1, ...)" if part == "train" else
+                      f"give a {_PART_WORDS[part]} with images of every class (or none)")
     shape = tuple(train.x.shape[1:])
     for part, split in parts.items():
         if len(split) and tuple(split.x.shape[1:]) != shape:
@@ -93,7 +146,10 @@ def make_data(name: str, train: Split, test: Split | None = None, val: Split | N
     info = DatasetInfo(name=name, num_classes=num_classes, channels=shape[0], image_size=shape[1:], mean=mean,
                        std=std, crop_pad=int(crop_pad), flip=bool(flip), eps=float(eps), alpha=float(alpha),
                        classes=tuple(str(c) for c in classes))
-    return Data(info, train, test, val)
+    return Data(info, train, test, val, notes)
+
+
+_PART_WORDS = {"train": "training data", "test": "test data", "val": "validation data"}
 
 
 def to_split(data, what: str) -> Split:
@@ -102,12 +158,80 @@ def to_split(data, what: str) -> Split:
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
         return _from_batches([(torch.as_tensor(data[0]), torch.as_tensor(data[1]))], what)
+    if is_hf_dataset(data):
+        items = HFItems(data, what)
+        return _with_meta(_from_dataset(items, what), classes=items.classes)
     if isinstance(data, torch.utils.data.DataLoader):
-        return _from_batches(data, what)
+        if is_hf_dataset(data.dataset) and _standard_order(data):   # its items are dicts: read them as above
+            return to_split(data.dataset, what)
+        batches, notes = _loader_in_order(data, what)
+        return _with_meta(_from_batches(batches, what), notes=notes)
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         return _from_dataset(data, what)
     raise DataError(f"{what}: expected a torch Dataset of (image, label) pairs, a DataLoader or a pair of tensors "
                     f"(x, y); got a {type(data).__name__}")
+
+
+def _with_meta(split, **meta):
+    split.meta.update({k: v for k, v in meta.items() if v}) if hasattr(split, "meta") else setattr(
+        split, "meta", {k: v for k, v in meta.items() if v})
+    return split
+
+
+def _standard_order(loader) -> bool:
+    """Whether ``loader`` reads every item of a map-style dataset once per pass, in order or shuffled (a
+    SequentialSampler or a RandomSampler without replacement over the whole dataset, in plain batches)."""
+    from torch.utils.data import BatchSampler, IterableDataset, RandomSampler, SequentialSampler
+
+    ds, sampler = loader.dataset, loader.sampler
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__") or type(loader.batch_sampler) is not BatchSampler:
+        return False
+    if loader.batch_sampler.sampler is not sampler:
+        return False
+    if type(sampler) is SequentialSampler:
+        return True
+    return type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(ds)
+
+
+def _loader_in_order(loader, what: str):
+    """The batches to read of a DataLoader given as data, and warnings for the run.
+
+    A DataLoader that reads its whole dataset (shuffled or not) is read through its dataset in order, in
+    batches of its size with its collate_fn and nothing dropped: the data (and so the held-out validation
+    split) is the same in every run, and ``drop_last=True`` loses nothing (said once). Any other DataLoader
+    (its own sampler, an iterable dataset) is read as it is, with a warning where images are dropped or
+    drawn without a seeded generator."""
+    from torch.utils.data import DataLoader
+
+    notes = []
+    if _standard_order(loader):
+        n, size = len(loader.dataset), loader.batch_size
+        if loader.drop_last and size and n % size:
+            notes.append(f"{what}: the DataLoader has drop_last=True, which drops the last {n % size} of the {n} "
+                         f"images in each pass: all {n} are read (through its dataset, in order)")
+        ordered = DataLoader(loader.dataset, batch_size=size, shuffle=False, drop_last=False,
+                             collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                             worker_init_fn=loader.worker_init_fn,
+                             multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None)
+        return ordered, notes
+    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+    size = loader.batch_size
+    if loader.drop_last and size:
+        try:
+            dropped = len(sampler) % size
+            if dropped:
+                notes.append(f"{what}: the DataLoader has drop_last=True: {dropped} of the {len(sampler)} images it "
+                             f"draws are dropped; pass drop_last=False to train on them")
+        except TypeError:
+            notes.append(f"{what}: the DataLoader has drop_last=True: the images of its last, incomplete batch are "
+                         f"dropped; pass drop_last=False to train on them")
+    for s in {sampler, getattr(loader.batch_sampler, "sampler", None), loader.batch_sampler} - {None}:
+        if hasattr(s, "generator") and s.generator is None and type(s).__name__ != "SequentialSampler":
+            notes.append(f"{what}: the DataLoader's {type(s).__name__} draws without a seeded generator, so the "
+                         f"images read, and the validation split held out of them, change from run to run; give "
+                         f"it generator=torch.Generator().manual_seed(0)")
+            break
+    return loader, notes
 
 
 def _pair(item, what: str, index) -> tuple:
@@ -158,12 +282,25 @@ def _check_memory(n: int, per_image: int, what: str) -> None:
                         f"subset (e.g. torch.utils.data.Subset) or a machine with more memory")
 
 
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite pixels (they would become 0 silently as 8-bit pixels)."""
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        where = f" (first in image {int((~finite).flatten(1).any(1).nonzero()[0])})" if x.dim() == 4 else ""
+        raise DataError(f"{what}: {bad} pixel value(s) are NaN or infinite{where}; fix or drop those images "
+                        f"(e.g. torch.nan_to_num(x, nan=0.0), or remove them) before training")
+
+
 def _to_uint8(x: torch.Tensor, what: str) -> torch.Tensor:
     """Images as uint8 pixels: uint8 as is, floats in [0, 1] scaled by 255 and rounded."""
     if x.dtype == torch.uint8:
         return x
     if not (x.is_floating_point()):
         raise DataError(f"{what}: images of dtype {x.dtype}; use floats in [0, 1] or uint8 in 0..255")
+    _check_finite(x, what)
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise DataError(f"{what}: pixel values span [{float(x.min()):.3g}, {float(x.max()):.3g}]; images must be in "
                         f"[0, 1] (do not normalise them in the data: use --normalize / fit(normalize=(mean, std)))")
@@ -212,7 +349,9 @@ def _from_batches(batches, what: str) -> Split:
         if xs and xb.shape[1:] != xs[0].shape[1:]:
             raise DataError(f"{what}: batch {b} has images {tuple(xb.shape[1:])} but batch 0 has "
                             f"{tuple(xs[0].shape[1:])}; every image must have the same shape")
-        xs.append(_to_uint8(xb.detach().cpu(), what))
+        xb = xb.detach().cpu()
+        _check_finite(xb, what if isinstance(batches, list) else f"{what} (batch {b})")
+        xs.append(_to_uint8(xb, what))
         ys.append(yb.detach().cpu().long())
     if not xs:
         raise DataError(f"{what}: the DataLoader yielded no batch")
@@ -225,12 +364,23 @@ def to_lazy_split(data, what: str) -> LazySplit:
     A Dataset (or a DataLoader's Dataset) is read item by item; its labels are taken from its ``targets``
     attribute when it has one (a sequence of integers, as torchvision's data sets), else read once here.
     A pair of tensors or a Split is already in memory and is wrapped as it is."""
+    notes, classes = [], ()
     if isinstance(data, torch.utils.data.DataLoader):
         inner = data.dataset
         if isinstance(inner, torch.utils.data.IterableDataset) or not hasattr(inner, "__getitem__"):
             raise DataError(f"{what}: streaming needs a Dataset with __len__ and __getitem__; this DataLoader reads an "
                             f"iterable dataset: pass stream=False (the data is then held in memory)")
+        if not _standard_order(data):
+            notes.append(f"{what}: streaming reads the DataLoader's whole dataset, in order: its own sampler "
+                         f"({type(data.sampler).__name__}) is not used; give the images to train on as a Dataset "
+                         f"(e.g. torch.utils.data.Subset)")
+        elif data.drop_last and data.batch_size and len(inner) % data.batch_size:
+            notes.append(f"{what}: the DataLoader has drop_last=True: all {len(inner)} images of its dataset are read "
+                         f"all the same (fastrobust makes its own minibatches)")
         data = inner
+    if is_hf_dataset(data):
+        data = HFItems(data, what)
+        classes = data.classes
     if isinstance(data, (Split, LazySplit)) or (isinstance(data, (tuple, list)) and len(data) == 2 and all(
             isinstance(t, (torch.Tensor, np.ndarray)) for t in data)):
         return lazy(to_split(data, what) if not isinstance(data, LazySplit) else data)
@@ -246,7 +396,7 @@ def to_lazy_split(data, what: str) -> LazySplit:
         y = [_label(v, what, i) for i, v in enumerate(targets)]
     else:
         y = [_label(_pair(data[i], what, i)[1], what, i) for i in range(n)]
-    return LazySplit(images, torch.tensor(y, dtype=torch.int64))
+    return _with_meta(LazySplit(images, torch.tensor(y, dtype=torch.int64)), notes=notes, classes=classes)
 
 
 class DatasetImages:
@@ -268,3 +418,105 @@ class DatasetImages:
         with warnings.catch_warnings():   # said once, for image 0
             warnings.simplefilter("ignore")
             return _to_uint8(img, f"{self.what} image {i}").contiguous()
+
+
+# ---- Hugging Face datasets ---------------------------------------------------------------------------
+
+_INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+_FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+
+
+def is_hf_dataset(data) -> bool:
+    """Whether ``data`` is a Hugging Face ``datasets.Dataset`` (or IterableDataset); ``datasets`` is not imported."""
+    return type(data).__module__.split(".")[0] == "datasets" and hasattr(data, "features") and \
+        hasattr(data, "column_names")
+
+
+def _depth(feature) -> tuple[int, str | None]:
+    """How many list levels ``feature`` (a nested List/Sequence) has, and the dtype of its numbers."""
+    depth = 0
+    while type(feature).__name__ in ("List", "LargeList", "Sequence") or isinstance(feature, list):
+        feature = feature[0] if isinstance(feature, list) else feature.feature
+        depth += 1
+    return depth, getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else None
+
+
+def _is_image_feature(feature) -> bool:
+    kind = type(feature).__name__
+    if kind == "Image" or kind in ("Array2D", "Array3D"):
+        return True
+    depth, dtype = _depth(feature)
+    return depth in (2, 3) and dtype in _INT_DTYPES | _FLOAT_DTYPES
+
+
+def _is_label_feature(feature) -> bool:
+    return type(feature).__name__ == "ClassLabel" or (type(feature).__name__ == "Value" and feature.dtype in _INT_DTYPES)
+
+
+def hf_columns(ds, what: str) -> tuple[str, str]:
+    """The image column and the label column of a Hugging Face Dataset, found from its features: an
+    ``Image`` feature (or an array / nested list of numbers) and a ``ClassLabel`` (or integer) column.
+    Where several fit, an Image feature wins over arrays and a ClassLabel over integers; where that
+    still leaves several, the error says how to keep one of each."""
+    features = ds.features
+    picked = []
+    for role, test, preferred in (("image", _is_image_feature, "Image"), ("label", _is_label_feature, "ClassLabel")):
+        found = [c for c, f in features.items() if test(f)]
+        if len(found) > 1:
+            best = [c for c in found if type(features[c]).__name__ == preferred]
+            found = best if len(best) == 1 else found
+        picked.append(found)
+    (images, labels), columns = picked, list(features)
+    if len(images) == 1 and len(labels) == 1 and images != labels:
+        return images[0], labels[0]
+    example = f"ds.select_columns([{(images or ['<image column>'])[0]!r}, {(labels or ['<label column>'])[0]!r}])"
+    problems = []
+    for role, found, kinds in (("image", images, "an Image feature, or an array of pixels"),
+                               ("label", labels, "a ClassLabel or integer column")):
+        if not found:
+            problems.append(f"no {role} column ({kinds})")
+        elif len(found) > 1:
+            problems.append(f"{len(found)} possible {role} columns ({', '.join(map(repr, found))})")
+    raise DataError(f"{what}: a Hugging Face Dataset with columns {', '.join(map(repr, columns))} has "
+                    f"{' and '.join(problems)}; keep one image and one label column, e.g. {example} (cast a label "
+                    f"column with ds.class_encode_column(name))")
+
+
+class HFItems:
+    """A Hugging Face ``datasets.Dataset`` as (image, label) pairs, for :func:`_from_dataset` and
+    :class:`DatasetImages`; ``classes``: the names of a ClassLabel label column; ``targets``: its labels."""
+
+    def __init__(self, ds, what: str) -> None:
+        if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
+            raise DataError(f"{what}: a streaming Hugging Face IterableDataset cannot be held or indexed; load it "
+                            f"without streaming=True, or take part of it: datasets.Dataset.from_list(list(ds.take(n)))")
+        self.image_column, self.label_column = hf_columns(ds, what)
+        self.ds = ds.select_columns([self.image_column, self.label_column]).with_format(None)
+        feature = ds.features[self.label_column]
+        self.classes = tuple(feature.names) if type(feature).__name__ == "ClassLabel" else ()
+        self.what = what
+        self._targets = None
+
+    @property
+    def targets(self) -> list:
+        if self._targets is None:   # one column read, without decoding the images
+            self._targets = list(self.ds[self.label_column])
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        item = self.ds[int(i)]
+        image = item[self.image_column]
+        if isinstance(image, list):
+            image = np.asarray(image)
+            if image.dtype.kind in "iu":
+                if image.size and (image.min() < 0 or image.max() > 255):
+                    raise DataError(f"{self.what}: image {i} holds integer pixels in [{image.min()}, {image.max()}]; "
+                                    f"integer pixels must be 0..255 (or give floats in [0, 1])")
+                image = image.astype(np.uint8)
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] not in (1, 3, 4) \
+                and image.shape[0] in (1, 3):
+            image = torch.from_numpy(np.ascontiguousarray(image))   # (C, H, W), as a tensor is read
+        return image, item[self.label_column]

@@ -29,6 +29,7 @@ from .. import __version__
 from ..attacks import threat_model
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
+from ..data.core import check_classes, learning_verdict, validation_share_note
 from ..data.stream import StreamLoader, lazy
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
@@ -106,6 +107,7 @@ class Prepared:
     val: object
     test: object
     notes: list   # lines for the log: settings adjusted to the data
+    warnings: list = field(default_factory=list)   # about the data (logged once, in summary.json: data_warnings)
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
@@ -123,7 +125,9 @@ def prepare(cfg: TrainConfig) -> Prepared:
     resolved = _resolve_and_check(cfg, data.info, method_cls)
     train, val = split_validation(data.train, resolved.val_size, seed=resolved.seed) if data.val is None \
         else (data.train, data.val)   # a validation split given with the data
-    notes = []
+    notes, warnings = [], list(data.notes)
+    share = validation_share_note(len(data.train), len(val)) if data.val is None else None
+    warnings += [share] if share else []
     # a subset larger than the split: the whole split, and config.yaml records the real number
     for key, split, what in (("train_subset", train, "training examples left after the validation split"),
                              ("test_subset", data.test, "test examples")):
@@ -136,7 +140,10 @@ def prepare(cfg: TrainConfig) -> Prepared:
     test = take_subset(data.test, resolved.test_subset, seed=resolved.seed)
     if len(train) < 1:
         raise ConfigError("no training examples left after the validation split; lower --val-size")
-    return Prepared(resolved, data.info, train, val, test, notes)
+    for split, what in ((train, "the training examples left after the validation split and --train-subset"),
+                        (test, "the test examples (after --test-subset)")):
+        check_classes(split, what, "use a larger subset")
+    return Prepared(resolved, data.info, train, val, test, notes, warnings)
 
 
 def _resolve_and_check(cfg, info, method_cls) -> TrainConfig:
@@ -380,7 +387,7 @@ def _setup_run(cfg: TrainConfig, out: Path | None, dist: Dist, device: torch.dev
     resume = resume and dist.on_main(lambda: folder.last.is_file())
     dist.main_only(lambda: save_yaml(cfg, folder.config))
     log = RunLog(out, dist.is_main, echo, _callbacks.build(cfg.log, out, user_callbacks) if dist.is_main else ())
-    for line in notes + prep.notes:
+    for line in notes + prep.notes + [f"warning: {w}" for w in prep.warnings]:
         log.info(line)
     torch.manual_seed(cfg.seed + dist.rank)
 
@@ -711,17 +718,30 @@ def _finish(run: Run) -> dict:
             "guard": cfg.guard, "guard_events": run.guard.events,
             "test_attack": f"PGD-{cfg.test_steps} CE, {'L2' if cfg.norm == 'l2' else 'L-inf'} eps {cfg.eps:.4g}, "
                            f"alpha {test_alpha:.4g}, 1 restart",
-            "test_examples": test["n"], "device": str(device), "world_size": dist.world_size,
+            "test_examples": test["n"], "train_examples": len(run.prep.train), "val_examples": len(run.prep.val),
+            "data_warnings": list(run.prep.warnings), "eps_warmup": cfg.eps_warmup,
+            "device": str(device), "world_size": dist.world_size,
             "torch_version": torch.__version__, "fastrobust_version": __version__,
         }
+        # a model at chance level learnt nothing: said in summary.json and in the last line, not "done"
+        judged = (test["clean_acc"], run.prep.test, "test") if test["n"] else \
+            (best_rec.get("val_clean_acc"), run.prep.val, "validation")
+        reason = learning_verdict(judged[0], judged[1].y, info.num_classes, f"clean {judged[2]} accuracy")
+        summary.update(learned=None if judged[0] is None else reason is None, not_learned=reason)
         atomic_write_text(folder.summary, json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n")
-        log.info(f"done: best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
-                 f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
-                 f"{state['train_seconds']:.1f} s training -> {folder.summary}")
+        figures = (f"best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
+                   f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
+                   f"{state['train_seconds']:.1f} s training -> {folder.summary}")
+        log.info(f"done: {figures}" if reason is None else
+                 f"warning: the model did not learn: {reason}; {_NOT_LEARNED_HINT} ({figures})")
         _callbacks.call(log.callbacks, "on_train_end", summary)
         return summary
 
     return dist.on_main(finish)
+
+
+_NOT_LEARNED_HINT = ("train longer, ramp eps up (--eps-warmup, e.g. a third of the epochs), or lower --eps or "
+                     "--lr; summary.json records learned: false")
 
 
 class TrainingDiverged(FastrobustError):
