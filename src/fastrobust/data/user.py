@@ -31,7 +31,10 @@ Your own data: --dataset package.module:factory
   (H, W[, C]) or a PIL image; a label an integer in [0, classes)), or two (x, y) tensor pairs.
   It gets data_dir=--data-dir if it declares that parameter. It may return a third element, a dict
   of facts about the data: num_classes, classes (names), eps, alpha, crop_pad, flip (training
-  augmentation: random crop with that padding and horizontal flips; default none).
+  augmentation: random crop with that padding and horizontal flips; default none). It may instead
+  return a mapping of splits: {"train": ..., "test": ..., "validation": ..., "facts": {...}} or a
+  Hugging Face DatasetDict (a datasets.Dataset's image and label columns are found from its
+  features; class names come from a ClassLabel).
   The data is read once and held in memory as 8-bit pixels, like the built-in data sets; its
   shapes and labels are checked before training. The held-out validation split is taken from
   train (--val-size). Example: fastrobust train --dataset mypkg.data:make_data --model mypkg.nets:make_net"""
