@@ -13,8 +13,8 @@ import numbers
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from fastrobust.attacks.kernel import EarlyStop, ascend, summed, summed_ce
 from fastrobust.attacks.losses import LOSSES, LossFn, loss_fn
 from fastrobust.attacks.mode import preserved_mode
 from fastrobust.attacks.projection import THREAT_MODELS, ThreatModel, per_example, threat_model
@@ -116,41 +116,14 @@ def _attack(
     early_stop: bool,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One PGD run (a single restart); returns ``x_adv``."""
+    """One PGD run (a single restart) of the shared step loop (:func:`~fastrobust.attacks.kernel.ascend`);
+    returns ``x_adv``. With ``early_stop`` and the model in eval mode only the running examples are
+    forwarded (in train mode that would change batch-norm statistics: the batch is masked instead)."""
     delta = tm.random_delta(x, eps, generator) if random_start else torch.zeros_like(x)
-    active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # examples still being updated
-    # Forwarding only the active examples would change batch-norm statistics in train mode.
-    sub_batch = early_stop and not any(m.training for m in model.modules())
-    rows = slice(None)
-    if not early_stop:   # the plain loop: no masks, no indexed copies (the common case)
-        for _ in range(steps):
-            grad, _ = _input_grad(model, x + delta, y, lf)
-            delta = tm.step(delta, grad, alpha, x, eps)
-        return (x + delta).clamp_(0, 1)
-    for _ in range(steps):
-        if sub_batch:
-            rows = active.nonzero().squeeze(1)
-        xs, ds = x[rows], delta[rows]
-        grad, logits = _input_grad(model, xs + ds, y[rows], lf)
-        if early_stop:
-            active[rows] &= logits.argmax(1) == y[rows]
-            if not active.any():
-                break
-        step = tm.project(ds + alpha * tm.direction(grad), xs, eps)
-        delta[rows] = torch.where(per_example(active[rows], ds), step, ds)
-    return (x + delta).clamp(0, 1)
-
-
-def _input_grad(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lf: LossFn
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the summed loss ``lf`` w.r.t. ``x_adv`` only, and the (detached) logits."""
-    x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)
-    # summed CE in one kernel (the same gradient as the per-example losses' sum, bit for bit)
-    loss = F.cross_entropy(logits.float(), y, reduction="sum") if lf is LOSSES["ce"] else lf(logits, y).sum()
-    (grad,) = torch.autograd.grad(loss, x_adv)
-    return grad, logits.detach()
+    compact = early_stop and not any(m.training for m in model.modules())
+    delta, _, _ = ascend(model, x, delta, steps, alpha, eps, tm, y, objective=summed_ce if lf is LOSSES["ce"]
+                         else summed(lf), stop=EarlyStop(y) if early_stop else None, compact=compact)
+    return (x + delta).clamp_(0, 1)
 
 
 @torch.no_grad()

@@ -46,7 +46,8 @@ def _draw(
 ) -> torch.Tensor:
     """``sample(shape)`` (``torch.rand``/``torch.randn``) on the generator's device, moved to ``like``'s."""
     device = like.device if generator is None else generator.device
-    return sample(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    drawn = sample(shape, generator=generator, device=device, dtype=like.dtype)
+    return drawn if device == like.device else drawn.to(like.device)
 
 
 def _linf_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -27,7 +27,8 @@ def _crop_flip(x: torch.Tensor, crop_pad: int, dy: torch.Tensor, dx: torch.Tenso
     """Crop each image of ``x`` from its zero-padded version at offset (dy, dx), mirrored where ``flips``:
     one gather on x's device."""
     b, c, h, w = x.shape
-    dy, dx, flips = dy.to(x.device), dx.to(x.device), flips.to(x.device)
+    if dy.device != x.device:
+        dy, dx, flips = dy.to(x.device), dx.to(x.device), flips.to(x.device)
     padded = torch.nn.functional.pad(x, (crop_pad,) * 4)
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device).expand(b, w)
@@ -51,6 +52,16 @@ def augment(x: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generat
     return _crop_flip(x, crop_pad, *_draw(x.shape[0], crop_pad, flip, generator, x.device))
 
 
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU tensor ``t`` on ``device``, copied without making the host wait for the device (pinned first on
+    CUDA); ``t`` itself when it is there already."""
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _shard(n: int, rank: int, world_size: int) -> slice:
     """The rank-th of ``world_size`` contiguous, near-equal parts of range(n)."""
     q, r = divmod(n, world_size)
@@ -70,7 +81,8 @@ class DeviceLoader:
     The permutation and the augmentation of an epoch are drawn from CPU
     generators seeded by (seed, epoch) only, so they do not depend on the
     device and a run resumed at epoch e sees exactly the batches of an
-    uninterrupted run.
+    uninterrupted run. Both are copied to the device once per epoch, without
+    blocking: iterating needs no host-device synchronisation.
 
     Distributed use: every rank draws the same global permutation, cut into
     global batches of ``batch_size``; rank r gets the r-th of ``world_size``
@@ -114,17 +126,29 @@ class DeviceLoader:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.split.x.device
-        order = self._order().to(device)
-        augmenting = self.crop_pad > 0 or self.flip
+    def _augmentation(self) -> torch.Tensor:
+        """The epoch's crop offsets and flips, ``(3, n)`` (rows, columns, flip) in the epoch's order: drawn on
+        the CPU minibatch by minibatch (the numbers do not depend on the device), for all minibatches at once."""
         aug_gen = _generator(self.seed, self.epoch, "augment")
+        n, size = len(self.split), self.batch_size
+        draws = [_draw(len(range(n)[i * size:(i + 1) * size]), self.crop_pad, self.flip, aug_gen, torch.device("cpu"))
+                 for i in range(len(self))]
+        return torch.stack([torch.cat([d[j].long() for d in draws]) for j in range(3)])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The epoch's order and augmentation are copied to the device once, without blocking: the
+        # minibatches then need no host-device synchronisation.
+        device = self.split.x.device
+        order = _upload(self._order(), device)
+        augmenting = self.crop_pad > 0 or self.flip
+        aug = _upload(self._augmentation(), device) if augmenting else None
         for i in range(len(self)):
-            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
+            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            batch = order[rows]
             shard = _shard(len(batch), self.rank, self.world_size)
             idx = batch[shard]
             x = self.split.x[idx].float().div_(255)
             if augmenting:
-                params = _draw(len(batch), self.crop_pad, self.flip, aug_gen, torch.device("cpu"))
-                x = _crop_flip(x, self.crop_pad, *(p[shard] for p in params))
+                dy, dx, flips = aug[:, rows][:, shard]
+                x = _crop_flip(x, self.crop_pad, dy, dx, flips.bool())
             yield x, self.split.y[idx]

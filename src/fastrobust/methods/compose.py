@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from ..attacks.kernel import ascend
 from ..config import recipe_step
 from ..errors import ConfigError
 from .base import Batch, Component, Method, Param, StepOutput
@@ -134,7 +135,8 @@ class ReplayStart(Component):
             return tm.random_delta(x, eps)
         if self.delta is None or self.delta.shape[1:] != x.shape[1:]:
             self.delta = torch.zeros_like(x)
-        self.delta = self.delta.to(device=x.device, dtype=x.dtype)
+        if (self.delta.device, self.delta.dtype) != (x.device, x.dtype):   # a restored state, once
+            self.delta = self.delta.to(device=x.device, dtype=x.dtype)
         if len(self.delta) < len(x):
             self.delta = torch.cat([self.delta, self.delta.new_zeros((len(x) - len(self.delta), *x.shape[1:]))])
         return tm.project(self.delta[:len(x)].clone(), x, eps)   # feasible for this x and the current eps
@@ -160,16 +162,19 @@ def replay_minibatch(self: Composed, model, batch: Batch, step) -> StepOutput:
     the weights see the start point only."""
     x, y, eps, tm = batch.x, batch.y, batch.eps, self.ctx.threat
     r, alpha = self.level_and_step(batch)
-    delta = self.attack_(x, eps)
-    for i in range(r):
-        delta.requires_grad_(True)
-        logits = model(x + delta)
-        loss = cross_entropy(logits, y)
-        grad = step(loss, wrt=delta)
-        # the step signs its gradient in place: keep the last replay's for the schedule (M+)
-        delta = tm.step(delta.detach(), grad.clone() if i == r - 1 else grad, alpha, x, eps)
+    last = {}
+
+    def weight_step(k, x, delta, y):   # the replay's one forward/backward: the weight step and the input gradient
+        x_adv = (x + delta).detach().requires_grad_(True)
+        last["logits"] = logits = model(x_adv)
+        last["loss"] = loss = cross_entropy(logits, y)
+        return step(loss, wrt=x_adv), logits
+
+    # the delta steps are the shared attack loop's; keep the last replay's gradient for the schedule (M+)
+    delta, grad, passes = ascend(model, x, self.attack_(x, eps), r, alpha, eps, tm, y, gradient=weight_step,
+                                 keep_grad=True)
     self.attack_.keep(delta)
-    out = StepOutput(loss.detach(), logits.detach(), passes=float(len(y) * r))
+    out = StepOutput(last["loss"].detach(), last["logits"].detach(), passes=passes)
     self.schedule_.observe(batch, out, grad)
     return out
 

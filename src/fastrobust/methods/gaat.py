@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks import THREAT_MODELS, ThreatModel, preserved_mode
+from ..attacks.kernel import ascend
+from ..attacks.projection import per_example
 from .base import BACKWARD, FORWARD, Batch, Component, Param
 from .inputs import attack_eval_param
 
@@ -70,7 +72,7 @@ class AttackStats:
     approximated: int = 0      # of which used an approximated gradient
     true_grads: int = 0        # true input gradients paid for (the start included)
     checks: int = 0            # forwards that measured the remainder
-    remainder_sum: float = 0.0  # sum of rho over the checks, each clipped at 1e6
+    remainder_sum: float | torch.Tensor = 0.0  # sum of rho over the checks, each clipped at 1e6 (on the device)
     passes: float = 0.0        # attack passes (forward 1/3, backward 2/3)
 
     def add(self, other: "AttackStats") -> None:
@@ -78,8 +80,10 @@ class AttackStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_tensor(self, device) -> torch.Tensor:
-        return torch.tensor([self.examples, self.steps, self.approximated, self.true_grads, self.checks,
-                             self.remainder_sum, self.passes], dtype=torch.float64, device=device)
+        out = torch.tensor([self.examples, self.steps, self.approximated, self.true_grads, self.checks, 0.0,
+                            self.passes], dtype=torch.float64, device=device)
+        out[5] += torch.as_tensor(self.remainder_sum, dtype=torch.float64).to(device)
+        return out
 
 
 def _losses_and_grads(model, x, delta, y, rows=None):
@@ -96,10 +100,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.flatten(1) * b.flatten(1)).sum(1)
 
 
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *[1] * (like.dim() - 1))
-
-
 def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float,
                 check_every: int = 1, order: int = 1, eval_mode: bool = False,
                 generator: torch.Generator | None = None, check_graph: bool = True,
@@ -108,60 +108,85 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
     cost, and the (true or approximated) gradient of its last step (None for K = 0: the random start).
 
     ``check_graph=False`` runs the check forwards without an autograd graph (cheaper when few
-    examples need a refresh); every refresh is then a sub-batch forward and backward."""
+    examples need a refresh); every refresh is then a sub-batch forward and backward.
+
+    The steps are :func:`fastrobust.attacks.kernel.ascend`'s with :class:`_Taylor` as the gradient. The
+    per-example state (anchors, their gradients, losses and curvatures) is updated with masks and index
+    copies; the only host read is one per check step (how many examples need a true gradient, which decides
+    between the full backward and the sub-batch, and the sub-batch's size)."""
     x, y = x.detach(), y.detach()
     n = len(x)
     st = AttackStats(examples=n, steps=n * steps)
     delta = threat.random_delta(x, eps, generator)
     if not steps:
         return (x + delta).clamp(0, 1), st, None
+    taylor = _Taylor(model, st, tau, check_every, order, check_graph)
+    step = lambda d, g, a, xs, e: threat.project(d + a * threat.direction(g), xs, e)   # noqa: E731  (g is kept)
     with preserved_mode(model, eval_mode), torch.enable_grad():
-        loss_j, g_j = _losses_and_grads(model, x, delta, y)
-        st.true_grads += n
-        st.passes += n
-        anchor = delta.clone()
-        curv = torch.zeros(n, device=x.device)          # order 2: secant curvature per example
-        grad = g_j
-        for k in range(1, steps + 1):
-            delta = threat.project(delta + alpha * threat.direction(grad), x, eps)
-            if k == steps:
-                break
-            s = delta - anchor
-            if k % check_every:
-                st.approximated += n
-                grad = g_j + _expand(curv, s) * s if order == 2 else g_j
-                continue
-            # measure the remainder with a forward pass (its graph kept for a possible full backward, or none)
-            ds = delta.detach().requires_grad_(check_graph)
-            with torch.set_grad_enabled(check_graph):
-                losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
-            change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if order == 2 else 0.0)
-            rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
-            refresh = rho > tau
-            count, rho_sum = torch.stack([refresh.sum().to(rho.dtype), rho.clamp(max=1e6).sum()]).tolist()
-            n_refresh = int(count)          # one host sync per check, for both numbers
-            st.checks += n
-            st.remainder_sum += rho_sum
-            if check_graph and n_refresh > FULL_BACKWARD_SHARE * n:
-                (new_g,) = torch.autograd.grad(losses.sum(), ds)
-                refresh = torch.ones_like(refresh)
-                new_loss, n_refresh = losses.detach(), n
-                st.passes += n * (FORWARD + BACKWARD)
-            else:
-                del losses, ds
-                st.passes += n * FORWARD + n_refresh
-                rows = refresh.nonzero().squeeze(1)
-                new_loss, new_g = _losses_and_grads(model, x, delta, y, rows) if n_refresh else (None, None)
-            st.true_grads += n_refresh
-            st.approximated += n - n_refresh
-            if n_refresh:
-                if order == 2:   # secant curvature from the old and new anchors of the refreshed examples
-                    s_r = s[refresh]
-                    curv[refresh] = _dot(s_r, new_g - g_j[refresh]) / _dot(s_r, s_r).clamp_min(TINY)
-                anchor[refresh], g_j, loss_j = delta[refresh], g_j.clone(), loss_j.clone()
-                g_j[refresh], loss_j[refresh] = new_g, new_loss
-            grad = g_j + _expand(curv, s) * (delta - anchor) if order == 2 else g_j
+        delta, grad, _ = ascend(model, x, delta, steps, alpha, eps, threat, y, gradient=taylor, step=step)
     return (x + delta).clamp(0, 1), st, grad
+
+
+class _Taylor:
+    """GAAT's gradient at step k: the true one at the start (the first anchor), then the Taylor partial
+    sum's around each example's anchor, checked every ``check_every`` steps (see the module's text)."""
+
+    def __init__(self, model, st: AttackStats, tau: float, check_every: int, order: int, check_graph: bool):
+        self.model, self.st, self.tau, self.check_every = model, st, tau, check_every
+        self.order, self.check_graph = order, check_graph
+
+    def __call__(self, k: int, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor):
+        st, n = self.st, len(x)
+        if k == 0:
+            self.loss_j, self.g_j = _losses_and_grads(self.model, x, delta, y)
+            st.true_grads += n
+            st.passes += n
+            self.anchor = delta.clone()
+            self.curv = torch.zeros(n, device=x.device)     # order 2: secant curvature per example
+            return self.g_j, None
+        s = delta - self.anchor
+        if k % self.check_every:
+            st.approximated += n
+            return self._approximation(s), None
+        self._check(x, delta, y, s)
+        return self._approximation(delta - self.anchor), None
+
+    def _approximation(self, s: torch.Tensor) -> torch.Tensor:
+        return self.g_j + per_example(self.curv, s) * s if self.order == 2 else self.g_j
+
+    def _check(self, x, delta, y, s) -> None:
+        """Measure the remainder with a forward pass (its graph kept for a possible full backward, or none) and
+        refresh the anchors of the examples whose remainder exceeds tau."""
+        st, n, g_j, loss_j, curv = self.st, len(x), self.g_j, self.loss_j, self.curv
+        ds = delta.detach().requires_grad_(self.check_graph)
+        with torch.set_grad_enabled(self.check_graph):
+            losses = torch.nn.functional.cross_entropy(self.model(x + ds).float(), y, reduction="none")
+        change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if self.order == 2 else 0.0)
+        rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
+        refresh = rho > self.tau
+        n_refresh = int(refresh.sum())        # the one host read of a check step
+        st.checks += n
+        st.remainder_sum = st.remainder_sum + rho.clamp(max=1e6).sum().double()   # stays on the device
+        if self.check_graph and n_refresh > FULL_BACKWARD_SHARE * n:
+            (new_g,) = torch.autograd.grad(losses.sum(), ds)
+            refresh = torch.ones_like(refresh)
+            new_loss, n_refresh = losses.detach(), n
+            st.passes += n * (FORWARD + BACKWARD)
+        else:
+            del losses, ds
+            st.passes += n * FORWARD + n_refresh
+            if n_refresh:   # the refreshed examples as a sub-batch, put back in place by index
+                rows = torch.nonzero_static(refresh, size=n_refresh).squeeze(1)
+                new_loss, new_g = _losses_and_grads(self.model, x, delta, y, rows)
+                new_loss, new_g = loss_j.index_copy(0, rows, new_loss), g_j.index_copy(0, rows, new_g)
+        st.true_grads += n_refresh
+        st.approximated += n - n_refresh
+        if n_refresh:
+            if self.order == 2:   # secant curvature from the old and new anchors of the refreshed examples
+                secant = _dot(s, new_g - g_j) / _dot(s, s).clamp_min(TINY)
+                self.curv = torch.where(refresh, secant, curv)
+            self.anchor = torch.where(per_example(refresh, delta), delta, self.anchor)
+            self.g_j, self.loss_j = new_g, new_loss
 
 
 class GAATAttack(Component):

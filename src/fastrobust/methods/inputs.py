@@ -10,9 +10,9 @@ attack works in the run's threat model (``ctx.threat``: L-inf or L2).
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from ..attacks import preserved_mode
+from ..attacks.kernel import EarlyStop, ascend, summed_ce
 from .base import FORWARD, Batch, Component, Param
 from .losses import kl_per_example
 
@@ -42,8 +42,10 @@ class Ascent(Component):
     ``objective``: ``ce`` (cross-entropy on y: PGD, MART) or ``kl`` (KL(f(x) || f(x+delta)): TRADES; the
     target f(x) is one forward, 1/3 pass). ``start``: a key of :data:`STARTS`. ``early_stop``: FAT's rule, an
     example stops at its (tau+1)-th misclassified iterate (tau steps after it is first misclassified, if it stays
-    so); only running examples are forwarded (sub-batches: with BatchNorm in train mode these use their own
-    statistics). Each step is one pass per example forwarded. K = 0 returns the start.
+    so). The whole batch is forwarded at every step and only the running examples are updated (a mask: static
+    shapes, no host read; with BatchNorm in train mode the stopped examples still count in the batch
+    statistics); each step costs one pass per running example. K = 0 returns the start.
+    The steps are :func:`fastrobust.attacks.kernel.ascend`'s, as evaluation PGD's.
     """
 
     def __init__(self, objective: str = "ce", start: str = "uniform", early_stop: bool = False,
@@ -65,44 +67,20 @@ class Ascent(Component):
         delta = STARTS[self.start](tm, x, eps)
         if not level:
             return (x + delta).clamp_(0, 1), 0.0, None
-        n, passes, grad = len(x), 0.0, None
-        rows = slice(None)
-        if self.early_stop:   # FAT's bookkeeping: the running rows, their budgets, the steps each took
-            rows = torch.arange(n, device=x.device)
-            budget = torch.full((n,), self.v["tau"], device=x.device)
-            taken = torch.zeros(n, device=x.device)
+        n, passes = len(x), 0.0
+        stop = EarlyStop(y, self.v["tau"]) if self.early_stop else None
         with preserved_mode(model, self.v["attack_eval"]), torch.enable_grad():
-            target = None
+            against, objective = y, summed_ce
             if self.objective == "kl":
                 with torch.no_grad():
-                    target = model(x)
+                    against, objective = model(x), _summed_kl
                 passes += n * FORWARD
-            for k in range(level):
-                ds = delta[rows].requires_grad_(True)
-                logits = model(x[rows] + ds)
-                if self.objective == "kl":
-                    objective = kl_per_example(target[rows], logits).sum()
-                else:   # summed CE in one kernel
-                    objective = F.cross_entropy(logits.float(), y[rows], reduction="sum")
-                (grad,) = torch.autograd.grad(objective, ds)
-                passes += len(ds)
-                ds = ds.detach()
-                step_grad = grad.clone() if k == level - 1 else grad   # keep the last one (the step signs in place)
-                if self.early_stop:
-                    wrong = logits.argmax(1) != y[rows]
-                    go = ~wrong | (budget[rows] > 0)
-                    budget[rows] -= wrong.long()
-                    rows, ds, grad, step_grad = rows[go], ds[go], grad[go], step_grad[go]
-                    if not len(rows):
-                        break
-                    delta[rows] = tm.step(ds, step_grad, alpha, x[rows], eps)
-                    taken[rows] += 1
-                else:
-                    delta = tm.step(ds, step_grad, alpha, x, eps)
-        if self.early_stop:
-            self.sums += torch.stack([taken.sum().double(), torch.tensor(float(n), dtype=torch.float64,
-                                                                              device=taken.device)])
-        return (x + delta).clamp_(0, 1), passes, None if grad is None else grad / n   # of the mean loss
+            delta, grad, spent = ascend(model, x, delta, level, alpha, eps, tm, against, objective=objective,
+                                        stop=stop, keep_grad=True)
+        if stop is not None:   # FAT: the steps taken and the examples (on the device)
+            self.sums[0] += stop.taken.sum()
+            self.sums[1] += n
+        return (x + delta).clamp_(0, 1), passes + spent, grad / n   # of the mean loss
 
     def end_epoch(self, epoch):
         if self.early_stop:
@@ -113,6 +91,11 @@ class Ascent(Component):
     def state(self):
         """FAT: the epoch's mean number of attack steps taken per example."""
         return {"attack_steps": self.epoch_steps} if self.early_stop else {}
+
+
+def _summed_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """TRADES' attack objective: KL(f(x) || f(x + delta)) summed over the batch (``target``: f(x))."""
+    return kl_per_example(target, logits).sum()
 
 
 class NoiseFGSM(Component):
@@ -131,9 +114,14 @@ class NoiseFGSM(Component):
     def __call__(self, model, batch: Batch, level: int, alpha: float):
         x, tm = batch.x.detach(), self.ctx.threat
         delta = (x + tm.start(x, self.v["noise"] * batch.eps, None)).clamp_(0, 1) - x
-        delta.requires_grad_(True)
+        # the step is not projected onto a ball around x: the loop runs on the point itself (from 0 + point)
         with torch.enable_grad():
-            loss = F.cross_entropy(model(x + delta).float(), batch.y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, delta)
-        x_adv = (x + delta.detach() + alpha * tm.direction(grad)).clamp_(0, 1)
-        return x_adv, float(len(x)), grad / len(x)
+            point, grad, passes = ascend(model, torch.zeros_like(x), x + delta, 1, alpha, batch.eps, tm, batch.y,
+                                         step=_unprojected(tm), keep_grad=True)
+        return point.clamp_(0, 1), passes, grad / len(x)
+
+
+def _unprojected(tm):
+    """N-FGSM's step: ``alpha`` along the threat model's ascent direction, not projected back to the eps-ball
+    (the pixel box is applied at the end)."""
+    return lambda delta, grad, alpha, x, eps: delta + alpha * tm.direction(grad)

@@ -72,7 +72,9 @@ def grad_magnitude(grad: torch.Tensor, input_std: torch.Tensor) -> torch.Tensor:
 
     ``grad`` is ``(B, C, ...)``, ``input_std`` the ``(C,)`` normalisation std.
     """
-    sigma = input_std.to(device=grad.device, dtype=grad.dtype).view(1, -1, *[1] * (grad.dim() - 2))
+    if (input_std.device, input_std.dtype) != (grad.device, grad.dtype):
+        input_std = input_std.to(device=grad.device, dtype=grad.dtype)
+    sigma = input_std.view(1, -1, *[1] * (grad.dim() - 2))
     return (grad * sigma).abs().sum(dtype=torch.float64)
 
 
