@@ -219,3 +219,31 @@ def test_the_counter_sees_each_kind_of_sync(monkeypatch):
     assert kinds == sorted(["item", "tolist", "cpu", "__bool__", "__float__", "__int__", "bool-mask []", "nonzero",
                             "torch.where(cond)", "blocking .to(device)", "torch.tensor(device=)", "bool-mask []="])
     assert sum(counter.per_iteration[0].values()) == 12
+
+
+def test_fp16_replay_step_reads_no_scale_on_the_host(monkeypatch):
+    """With loss scaling (--amp fp16), the input gradient a replay gets back is unscaled on the device: the
+    scale is not read on the host (GradScaler.get_scale() would sync at every replay). What remains is the
+    scaler's own check for infinities inside ``scaler.step`` (GradScaler's, with an unfused optimizer)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    run = SimpleNamespace(cfg=SimpleNamespace(grad_clip=None), dist=SimpleNamespace(enabled=False,
+                          average_buffers=lambda m: None), opt=opt, scaler=scaler, loss_weight=1.0,
+                          params=list(model.parameters()), raw_model=model)
+    step = trainer._make_step(run)
+    x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 3
+    x1 = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(nn.functional.cross_entropy(model(x1), y), x1)
+    counter = SyncCounter()
+    install(monkeypatch, counter)
+    x2 = x.clone().requires_grad_(True)
+    with counter.window(new_iteration=True):
+        grad = step(nn.functional.cross_entropy(model(x2), y), wrt=x2)
+    lines = open(trainer.__file__).read().splitlines()
+    places = [key.split(" ")[0] for key in counter.per_iteration[0]]
+    assert all("scaler.step(opt)" in lines[int(p.rsplit(":", 1)[1]) - 1] for p in places), places
+    assert torch.allclose(grad, expected)

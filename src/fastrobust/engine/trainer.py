@@ -490,8 +490,8 @@ def _make_step(run: Run) -> Callable:
         grad = None
         if wrt is not None:
             grad = wrt.grad.detach()
-            if scaler.is_enabled():
-                grad = grad / scaler.get_scale()
+            if scaler.is_enabled():   # the scale as a device tensor: no host read (get_scale() would sync)
+                grad = grad / scaler._get_scale_async()
             if dist.enabled:   # the gradient of the global minibatch's mean loss, as with one process
                 grad = grad / dist.world_size
         if cfg.grad_clip is not None:
