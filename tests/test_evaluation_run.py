@@ -121,7 +121,7 @@ def _bad_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("case,words", [
     ("foreign", "not a fastrobust checkpoint"),
-    ("corrupt", "cannot be read as a checkpoint"),
+    ("corrupt", "is not a fastrobust checkpoint: it cannot be read"),
     ("empty_run", "holds no best.pt"),
     ("missing", "does not exist"),
     ("attack", "unknown attack 'pgd-20'"),

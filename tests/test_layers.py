@@ -17,7 +17,8 @@ PACKAGE = Path(fastrobust.__file__).parent
 # lowest first; a module belongs to the layer of its longest matching name (a package's __init__ to
 # the package's name). evaluation.runs evaluates a run folder (checkpoints, data): it sits above the engine.
 LAYERS = [
-    ("fastrobust", "fastrobust.errors", "fastrobust.config", "fastrobust.factories", "fastrobust.runfolder"),
+    ("fastrobust", "fastrobust.errors", "fastrobust.config", "fastrobust.factories", "fastrobust.runfolder",
+     "fastrobust.trust"),
     ("fastrobust.attacks",),
     ("fastrobust.data", "fastrobust.models"),
     ("fastrobust.methods",),

@@ -100,7 +100,7 @@ def test_unimportable_model_says_what_to_pass(tmp_path):
     env = {**_env(), "PYTHONPATH": str(ROOT / "src")}   # user_nets not importable there
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "pass the module: fastrobust.load_model(path, model=YourNet(...))" in proc.stderr
+    assert "PYTHONPATH" in proc.stderr and "pass it: fastrobust.load_model(path, model=YourNet(...))" in proc.stderr
 
 
 def test_models_command_explains_the_form(capsys):

@@ -3,15 +3,17 @@
 __version__ = "0.1.0"
 
 
-def load_model(path, device="cpu", model=None):
+def load_model(path, device="cpu", model=None, trust_code=False):
     """Load a trained model (eval mode, [0,1] inputs, normalisation inside) from a checkpoint, a run
     directory or a folder written by ``fastrobust export``.
 
     ``model``: a module (built as in the run) to load the weights into, instead of rebuilding it.
+    ``trust_code``: rebuild a model whose ``package.module:factory`` is named in a folder you did not
+    train into yourself (importing it runs its code; see :mod:`fastrobust.trust`).
     """
     from .engine.checkpoint import load_model as _load
 
-    return _load(path, device, model)
+    return _load(path, device, model, trust_code)
 
 
 def train(cfg, **kwargs):

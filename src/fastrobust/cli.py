@@ -191,6 +191,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+TRUST_HELP = ("import and call the model/data factory (package.module:callable) that the folder names: this "
+              "runs its code, so give it only for a folder you trust (runs you trained in that folder yourself, "
+              "and references on your allow-list FASTROBUST_TRUSTED_CODE, need no flag)")
+
+
 def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     """The command-line parser; ``train``'s method parameters are those of ``method``."""
     parser = _Parser(prog="fastrobust", description=DESCRIPTION,
@@ -204,6 +209,7 @@ def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     tr.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="YAML file of configuration keys (as in a run's config.yaml)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tr.add_argument("--trust-code", action="store_true", help="with --resume: " + TRUST_HELP)
     for flag, key, kwargs in TRAIN_OPTIONS:
         tr.add_argument(flag, dest=f"cfg__{key}", default=argparse.SUPPRESS, **kwargs)
     _add_method_params(tr, method)
@@ -234,6 +240,7 @@ def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     ex.add_argument("run", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory (its best.pt) or a fastrobust .pt")
     ex.add_argument("--format", default="safetensors", choices=["safetensors"], help="output format (default safetensors)")
     ex.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/export)")
+    ex.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     me = sub.add_parser("methods", help="list the training methods and their parameters")
     me.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default all)")
     sub.add_parser("models", help="list the model architectures and their options")
@@ -284,7 +291,11 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=500, metavar="N", help="examples per attacked batch (default 500)")
     ev.add_argument("--out", default=None, metavar="FILE.json",
                     help="output file (default RUN_DIR/eval.json, or NAME.eval.json next to a checkpoint NAME.pt)")
+    ev.add_argument("--dataset", default=None, metavar="NAME",
+                    help="evaluate on this data set's test split (a name or package.module:factory; default: the "
+                         "run's; needed for a run of fastrobust.fit, whose data is not stored)")
     ev.add_argument("--data-dir", default=None, metavar="DIR", help="where the data set is (default: the run's)")
+    ev.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto (cuda if available)")
     ev.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random starts and AutoAttack (default 0)")
     ev.add_argument("--no-cascade", action="store_true",
@@ -304,7 +315,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                      test_subset=args.test_subset, batch_size=args.batch_size,
                                      device=None if args.device == "auto" else args.device, data_dir=args.data_dir,
                                      out=args.out, progress=False if args.no_progress else None, seed=args.seed,
-                                     cascade=not args.no_cascade)
+                                     cascade=not args.no_cascade, dataset=args.dataset, trust_code=args.trust_code)
     print(format_report(result))
     print(f"wrote {output_path(args.path, args.out)}")
 
@@ -384,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             from .engine import train
 
             train(config_from_args(args), resume=args.resume, progress=False if args.no_progress else None,
-                  given=given_keys(args))
+                  given=given_keys(args), trust_code=args.trust_code)
         elif args.command == "demo":
             from .demo import run_demo
 
@@ -404,9 +415,12 @@ def main(argv: list[str] | None = None) -> int:
 
             from .export import export_run, load_instructions
 
-            folder = export_run(args.run, args.format, args.out)
+            folder = export_run(args.run, args.format, args.out, trust_code=args.trust_code)
+            exported = _json.loads((folder / "config.json").read_text())
             print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
-            print(load_instructions(folder, _json.loads((folder / "config.json").read_text())))
+            if exported["accuracy"].get("note"):
+                print(f"note: {exported['accuracy']['note']}")
+            print(load_instructions(folder, exported))
         elif args.command == "methods":
             cmd_methods(args.names)
         elif args.command == "models":

@@ -18,15 +18,21 @@ from pathlib import Path
 from .engine.checkpoint import (EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, atomic_write_bytes, atomic_write_text,
                                 load_checkpoint, require_safetensors)
 from .errors import ConfigError, FastrobustError
+from . import trust
+from .evaluation.runs import file_sha256
 from .factories import is_factory_ref, resolve
 from .runfolder import BEST, EVAL, SUMMARY, RunFolder
 
 FORMATS = ("safetensors",)
 
 
-def export_run(run: str | Path, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
+def export_run(run: str | Path, fmt: str = "safetensors", out: str | Path | None = None,
+               trust_code: bool = False) -> Path:
     """Write ``model.safetensors`` and ``config.json`` for a run directory (its ``best.pt``) or a
-    checkpoint into ``out`` (default ``RUN/export``); returns the folder."""
+    checkpoint into ``out`` (default ``RUN/export``); returns the folder.
+
+    A model built by a ``package.module:factory`` is exported only when that code is trusted
+    (``trust_code``, see :mod:`fastrobust.trust`): its signature is read to record how to call it."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
     save = require_safetensors().save
@@ -37,6 +43,7 @@ def export_run(run: str | Path, fmt: str = "safetensors", out: str | Path | None
     run_dir = run if run.is_dir() else run.parent
     payload = load_checkpoint(ckpt)
     spec, state = payload["model_spec"], payload["model"]
+    trust.require({"model factory": spec["name"]}, run_dir, trust_code)
     weights = {k[len("net."):]: v.detach().cpu().clone().contiguous() for k, v in state.items() if k.startswith("net.")}
     if not weights:
         raise FastrobustError(f"{ckpt}: the checkpoint holds no network weights (net.*); is it damaged?")
@@ -45,6 +52,7 @@ def export_run(run: str | Path, fmt: str = "safetensors", out: str | Path | None
     blob = save(weights, metadata={"format": "pt", "producer": "fastrobust", "model": spec["name"]})
     atomic_write_bytes(target / EXPORT_WEIGHTS, blob)
     atomic_write_text(target / EXPORT_CONFIG, json.dumps(config, indent=2) + "\n")
+    trust.remember(target, [spec["name"]])   # exported by the user who trusts the run
     return target
 
 
@@ -61,7 +69,15 @@ def _kwargs(spec: dict) -> dict | None:
     return {**{k: v for k, v in provided.items() if k in params and k not in spec["options"]}, **spec["options"]}
 
 
-def _accuracies(run_dir: Path, ckpt: Path, config: dict) -> dict:
+def _same_checkpoint(evaluation: dict, ckpt: Path, epoch) -> bool:
+    """Whether an eval.json was written for the checkpoint file ``ckpt`` (by its hash; by the epoch for an
+    eval.json without one)."""
+    if evaluation.get("checkpoint_sha256"):
+        return evaluation["checkpoint_sha256"] == file_sha256(ckpt)
+    return evaluation.get("epoch") == epoch
+
+
+def _accuracies(run_dir: Path, ckpt: Path, epoch) -> dict:
     """Clean, robust and AutoAttack accuracy of the exported checkpoint: from eval.json (when it evaluated
     this checkpoint), else the training run's final test evaluation in summary.json."""
     result: dict = {}
@@ -73,7 +89,10 @@ def _accuracies(run_dir: Path, ckpt: Path, config: dict) -> dict:
                   "norm": "linf", "source": SUMMARY}
     if eval_path.is_file():
         e = json.loads(eval_path.read_text())
-        if Path(e.get("checkpoint", "")).name == ckpt.name:
+        if Path(e.get("checkpoint", "")).name == ckpt.name and not _same_checkpoint(e, ckpt, epoch):
+            result["note"] = (f"{eval_path} evaluated another {ckpt.name} (epoch {e.get('epoch')}, this one is of "
+                              f"epoch {epoch}): its figures are not used; run `fastrobust eval {run_dir}` again")
+        elif Path(e.get("checkpoint", "")).name == ckpt.name:
             attacks = e.get("attacks", {})
             aa = attacks.get("aa")
             result = {"clean_acc": e.get("clean_accuracy"), "robust_acc": e.get("robust_accuracy"),
@@ -100,7 +119,7 @@ def _pct(v) -> str | None:
 def export_config(payload: dict, run_dir: Path, ckpt: Path) -> dict:
     spec = payload["model_spec"]
     train_cfg = payload.get("config") or {}
-    acc = _accuracies(run_dir, ckpt, train_cfg)
+    acc = _accuracies(run_dir, ckpt, payload.get("epoch"))
     eps = acc.get("eps", train_cfg.get("eps"))
     norm = {"linf": "Linf", "l2": "L2"}.get(acc.get("norm", "linf"), "Linf")
     from . import __version__
@@ -132,8 +151,11 @@ def load_instructions(folder: Path, config: dict) -> str:
     if is_factory_ref(model["name"]):
         module, attr = model["name"].split(":", 1)
         kwargs = model["kwargs"] if model["kwargs"] is not None else model["options"]
-        build = (f"from {module} import {attr.split('.')[0]}\n"
-                 f"net = {attr}(**{kwargs!r})")
+        call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        build = (f"# the run's model factory: this imports and calls {model['name']} (read it first if the\n"
+                 f"# folder came from someone else)\n"
+                 f"from {module} import {attr.split('.')[0]}\n"
+                 f"net = {attr}({call})")
     else:
         build = (f"import fastrobust.models  # the built-in architecture {model['name']!r}\n"
                  f"net = fastrobust.models.create_model({model['name']!r}, num_classes={model['num_classes']}, "

@@ -2,7 +2,7 @@
 
 A reference names an importable callable; :func:`call_factory` imports it,
 passes the user's keyword arguments plus the ones fastrobust can supply that
-the callable declares (e.g. ``num_classes``), and turns every failure into a
+the callable declares (e.g. ``num_classes``, also given to a callable taking ``**kwargs``), and turns every failure into a
 one-line :class:`~fastrobust.errors.ConfigError` that says what to fix.
 
 :func:`bind` lets Python code (``fastrobust.fit``) stand a callable in for a
@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import trust
 from .errors import ConfigError, FastrobustError
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -54,6 +55,7 @@ def resolve(ref: str, what: str) -> Callable[..., Any]:
     """The callable named ``ref`` (``package.module:attr.path``); ``what`` (e.g. "--model") names the option."""
     if ref in _BOUND:
         return _BOUND[ref]
+    trust.check(ref, what)   # a reference read from a folder: imported only when trusted
     if not _REF.match(ref):
         raise ConfigError(f"{what} {ref!r}: expected package.module:callable (e.g. mypkg.nets:make_net)")
     module_name, attr_path = ref.split(":", 1)
@@ -82,8 +84,10 @@ def call_factory(ref: str, what: str, options: dict[str, Any], provided: dict[st
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = {}
+    # num_classes also goes to a callable taking **kwargs (torchvision's and timm's factories pass it on)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in (provided or {}).items():
-        if key in params and key not in kwargs:
+        if key not in kwargs and (key in params or takes_any and key == "num_classes"):
             kwargs[key] = value
     try:
         return fn(**kwargs)

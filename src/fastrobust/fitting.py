@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import TrainConfig
-from .errors import ConfigError, DataError
-from .factories import bind, ref_of_class
+from .errors import ConfigError, DataError, FastrobustError
+from .factories import bind, call_factory, is_factory_ref, ref_of_class
 
 #: the reference a run of :func:`fit` records for its data: given from Python, not stored
 DATA_REF = "fastrobust.fitting:data"
@@ -28,19 +29,27 @@ _NOT_CONFIG = {"model", "dataset", "data_dir", "method_params", "model_options",
                "eps", "batch_size", "optimizer", "lr"}
 
 
-def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str | None = None, epochs: int = 10,
+def fit(model: nn.Module | str, train_data, *, method: str = "pgd", eps: float | str | None = None, epochs: int = 10,
         out: str | None = None, val_data=None, test_data=None, batch_size: int | None = None,
         optimizer: str | None = None, lr: float | None = None, method_params: dict | None = None,
         callbacks: Sequence[Any] = (), normalize=None, model_options: dict | None = None,
+        factory: str | None = None,
         num_classes: int | None = None, classes: Sequence[str] = (), crop_pad: int = 0, flip: bool = False,
         resume: bool = False, progress: bool | None = None, echo: Callable[[str], None] = print,
         **options: Any) -> dict:
     """Adversarially train ``model`` on ``train_data``; writes the run folder ``out`` and returns its summary.
 
     ``model``: any ``torch.nn.Module`` mapping float images (N, C, H, W) in [0, 1] to logits (N, classes);
-    it is trained in place (it holds the best checkpoint's weights at the end). ``normalize=(mean, std)``
-    (or ``"dataset"``) wraps a model that expects normalised input. ``model_options``: the keyword
-    arguments its class takes, recorded so that ``load_model(out)`` can rebuild it in a new process.
+    it is trained in place (it holds the best checkpoint's weights at the end, in the train/eval mode it
+    came in). ``normalize=(mean, std)`` (or ``"dataset"``) wraps a model that expects normalised input.
+
+    How ``load_model(out)`` rebuilds the model in a new process is recorded: ``factory="pkg.module:fn"``
+    (e.g. ``"torchvision.models:resnet18"``) with ``model_options`` (its keyword arguments; ``num_classes``
+    is passed to a factory that takes it or ``**kwargs``), else the model's class called with
+    ``model_options``. ``model`` may also be that reference itself, built here: ``fit("timm:create_model",
+    data, model_options={"model_name": "resnet18"})``. When the record cannot rebuild the model
+    (a class needing arguments it was not given, a class defined in ``__main__``), fit says so once at
+    the start; ``load_model(out, model=...)`` then loads the weights into a module you build.
 
     ``train_data``, ``val_data``, ``test_data``: a torch Dataset of (image, label) pairs (tensor, numpy or PIL
     images), a DataLoader, or a pair of tensors ``(x, y)``; pixels in [0, 1] (floats) or 0..255 (uint8).
@@ -55,10 +64,16 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
     """
     from .data.user import make_data, to_lazy_split, to_split
     from .engine import train
-    from .models import Classifier
+    from .models import Classifier, check_output
 
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"fit: model must be a torch.nn.Module, got a {type(model).__name__}")
+    if isinstance(model, str) and factory is None:
+        factory, model = model, None
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"fit: model must be a torch.nn.Module or a 'package.module:factory' reference, got a "
+                          f"{type(model).__name__}")
+    if factory is not None and not is_factory_ref(factory):
+        raise ConfigError(f"fit: factory must name an importable callable as 'package.module:callable' (e.g. "
+                          f"'torchvision.models:resnet18'), got {factory!r}")
     bad = sorted(set(options) & _NOT_CONFIG)
     unknown = sorted(set(options) - set(TrainConfig.keys()))
     if bad or unknown:
@@ -70,12 +85,7 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
         model = model.net
     if normalize is not None and not isinstance(normalize, str):
         normalize = [[float(v) for v in part] for part in normalize]
-    model = model.cpu()
-    ref = ref_of_class(model)
     model_options = dict(model_options or {})
-    if ref is None:
-        ref = UNIMPORTABLE_MODEL_REF
-        model_options = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
     convert = to_lazy_split if options.get("stream") is True else to_split
     train_split = convert(train_data, "fit: train_data")
@@ -85,12 +95,60 @@ def fit(model: nn.Module, train_data, *, method: str = "pgd", eps: float | str |
     data = make_data("fit", train_split, test_split, val_split, **facts)
     if val_split is not None:
         options["val_size"] = len(val_split)   # recorded; the given split is used as it is
+
+    shape = dict(num_classes=data.info.num_classes, in_channels=data.info.channels,
+                 image_size=tuple(data.info.image_size))
+    if model is None:   # built here from the reference the user gave
+        model = call_factory(factory, "fit: model", model_options, shape)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"fit: {factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    was_training = model.training
+    model = model.cpu()
+    check_output(lambda: model, _class_name(model), **shape)
+    ref = factory or ref_of_class(model)
+    if ref is None:
+        ref, model_options = UNIMPORTABLE_MODEL_REF, {"class": _class_name(model)}
+        echo(f"fit: load_model({out!r}) will not rebuild the model in another process: its class {_class_name(model)} "
+             f"is defined in __main__ or inside a function; move it into a module, pass factory='pkg.module:fn', "
+             f"or load the weights with load_model(run, model=YourNet(...))")
+    else:
+        problem = rebuild_problem(model, ref, model_options, shape)
+        if problem:
+            echo(f"fit: load_model({out!r}) will not rebuild the model in another process: {problem}; pass "
+                 f"factory='pkg.module:fn' (e.g. 'torchvision.models:resnet18') with model_options, or load the "
+                 f"weights with load_model(run, model=YourNet(...))")
     cfg = TrainConfig(method=method, dataset=DATA_REF, model=ref, model_options=model_options, normalize=normalize,
                       epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, eps=eps,
                       method_params=dict(method_params or {}), out=None if out is None else str(out))
     cfg.update(options, "fit")
-    with bind(ref, lambda **_: model), bind(DATA_REF, lambda **_: data):
-        return train(cfg, resume=resume, progress=progress, echo=echo, callbacks=callbacks)
+    try:
+        with bind(ref, lambda **_: model), bind(DATA_REF, lambda **_: data):
+            return train(cfg, resume=resume, progress=progress, echo=echo, callbacks=callbacks)
+    finally:
+        model.train(was_training)
+
+
+def _class_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def rebuild_problem(model: nn.Module, ref: str, options: dict, shape: dict) -> str | None:
+    """Why ``ref`` called with ``options`` (and the data's ``shape`` facts) would not rebuild ``model`` (built
+    without memory and compared parameter by parameter); None when it would."""
+    try:
+        with torch.device("meta"):
+            rebuilt = call_factory(ref, "fit: model", options, shape)
+    except FastrobustError as exc:
+        return str(exc)
+    if not isinstance(rebuilt, nn.Module):
+        return f"{ref} returns a {type(rebuilt).__name__}"
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+        return (f"{ref}({', '.join(f'{k}={v!r}' for k, v in options.items())}) builds a different network "
+                f"({diff[0]}: {mine.get(diff[0])} here, {theirs.get(diff[0])} rebuilt)")
+    return None
 
 
 def data(**_: Any):

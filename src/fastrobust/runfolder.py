@@ -72,6 +72,8 @@ class RunFolder:
     ATTEMPT = (METRICS, BEST, SUMMARY, EVAL, EVAL_AA, CURVES)
     #: files that a rerun of ``fastrobust bench`` removes before training a run again
     STALE = (CONFIG, METRICS, LOG, BEST, CURVES, EVAL, EVAL_AA)
+    #: every name fastrobust writes in a run folder (``export``: the default folder of ``fastrobust export``)
+    KNOWN = (CONFIG, METRICS, SUMMARY, LAST, BEST, LOG, EVAL, EVAL_AA, LOCK, CURVES, "export")
     #: any of these makes a folder a run folder (possibly unfinished)
     MARKERS = (SUMMARY, CONFIG, METRICS)
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
+from .. import trust
 from ..errors import ConfigError, FastrobustError
 from ..runfolder import BEST, LAST
+from ..trust import UntrustedCode
 
 FORMAT = "fastrobust-checkpoint"
 FORMAT_VERSION = 1
@@ -146,7 +148,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged or foreign file
-        raise FastrobustError(f"{path} cannot be read as a checkpoint (corrupted or truncated?): {type(exc).__name__}: {exc}") from None
+        # torch's own message advises loading with weights_only=False, i.e. running the file's code: not repeated
+        if "unsupported global" in str(exc).lower() or "global" in str(exc).lower() and "weights only" in str(exc).lower():
+            raise FastrobustError(f"{path} is not a fastrobust checkpoint: it holds Python objects other than tensors "
+                                  f"and plain data (possibly code), which fastrobust never loads; use a best.pt/last.pt "
+                                  f"written by `fastrobust train`") from None
+        raise FastrobustError(f"{path} is not a fastrobust checkpoint: it cannot be read ({type(exc).__name__}; "
+                              f"corrupted, truncated or another kind of file); use a best.pt/last.pt written by "
+                              f"`fastrobust train`") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FastrobustError(f"{path} is not a fastrobust checkpoint (no '{FORMAT}' marker); use a best.pt/last.pt written by `fastrobust train`")
     if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -191,9 +200,17 @@ def build_model(spec: dict):
     """A fresh model from a :func:`model_spec` (unknown names or options raise ConfigError)."""
     from ..models import create_model
 
+    options = dict(spec["options"])
+    for key in ("num_classes", "in_channels", "image_size"):   # given as model options too: they must agree
+        if key in options:
+            value = options.pop(key)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != \
+                    (list(spec[key]) if isinstance(spec[key], (list, tuple)) else spec[key]):
+                raise ConfigError(f"model option {key}={value!r} disagrees with the data ({key} {spec[key]!r}); "
+                                  f"drop the option (fastrobust passes the data's {key} to the model)")
     return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                         image_size=tuple(spec["image_size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]),
-                        **spec["options"])
+                        **options)
 
 
 def check_model(spec: dict) -> None:
@@ -217,11 +234,13 @@ def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", mod
     if model is None:
         try:
             model = build_model(spec)
+        except UntrustedCode:
+            raise
         except ConfigError as exc:
             if not is_factory_ref(spec["name"]):
                 raise
-            raise ConfigError(f"the model of this run cannot be rebuilt here: {exc}. Make {spec['name']} importable "
-                              f"(PYTHONPATH), or pass the module: fastrobust.load_model(path, model=YourNet(...))") from None
+            raise ConfigError(f"the model of this run cannot be rebuilt here: {exc}; or build it yourself and pass "
+                              f"it: fastrobust.load_model(path, model=YourNet(...))") from None
     elif not isinstance(model, Classifier):
         model = Classifier(model, spec["mean"], spec["std"])
     try:
@@ -233,17 +252,30 @@ def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", mod
     return model.to(device).eval()
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
-    """Load a trained model from a checkpoint or run directory (``best.pt`` first).
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", model=None, trust_code: bool = False):
+    """Load a trained model from a checkpoint, run directory (``best.pt`` first) or export folder.
 
     The model is in eval mode, takes [0,1] images (normalisation is its first
     layer) and returns logits, so any third-party attack can be run on it.
     ``model``: load the weights into this module instead of rebuilding the run's
-    (see :func:`model_from_checkpoint`).
+    (see :func:`model_from_checkpoint`). A model built by a ``package.module:factory``
+    is rebuilt only when that code is trusted (``trust_code=True``, the user's allow-list,
+    or a run the user trained in that folder: see :mod:`fastrobust.trust`).
     """
-    if is_exported(path):
-        return load_exported(path, device, model)
-    return model_from_checkpoint(load_checkpoint(path), device, model)
+    folder = folder_of(path)
+    with trust.reading(folder, trust_code):
+        if is_exported(path):
+            return load_exported(path, device, model, trust_code)
+        payload = load_checkpoint(path)
+        if model is None:
+            trust.require({"model factory": payload.get("model_spec", {}).get("name")}, folder, trust_code)
+        return model_from_checkpoint(payload, device, model)
+
+
+def folder_of(path: str | os.PathLike) -> Path:
+    """The folder whose files describe ``path``: itself for a folder, else the one it lies in."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
 
 
 def is_exported(path: str | os.PathLike) -> bool:
@@ -252,7 +284,7 @@ def is_exported(path: str | os.PathLike) -> bool:
     return path.is_dir() and (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file()
 
 
-def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu", model=None):
+def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu", model=None, trust_code: bool = False):
     """The model of an exported folder (see :func:`load_model`)."""
     import json
 
@@ -272,6 +304,8 @@ def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu", m
         raise FastrobustError(f"{path / EXPORT_WEIGHTS} cannot be read ({type(exc).__name__}: {exc})") from None
     spec = dict(name=m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"], image_size=m["image_size"],
                 mean=inp["mean"], std=inp["std"], options=m["options"])
+    if model is None:
+        trust.require({"model factory": spec["name"]}, path, trust_code)
     state = {"net." + k: v for k, v in weights.items()}
     from ..models import Normalize
 

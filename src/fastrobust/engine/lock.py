@@ -14,11 +14,13 @@ inside takes the same lock again without conflict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from ..errors import FastrobustError
@@ -101,7 +103,7 @@ class RunLock:
             if info is None:
                 continue   # released meanwhile: try again
             if _stale(info):
-                self.path.unlink(missing_ok=True)
+                self._take_over(info)
                 continue
             who = (f"process {info.get('pid')} on {info.get('host')} ({info.get('command', 'fastrobust')}, since "
                    f"{info.get('since', '?')})") if info else "another process"
@@ -110,6 +112,22 @@ class RunLock:
                 f"another --out; if no such process runs any more, delete {self.path}")
         raise RunFolderInUse(f"{folder}: could not take its lock {self.path}; delete it if no fastrobust process "
                              f"writes there")
+
+    def _take_over(self, stale: dict) -> None:
+        """Remove the stale lock ``stale`` atomically: move it aside under a name of this process's (one racer
+        wins the move), then delete it if it is the lock judged stale; a lock another process made
+        meanwhile is put back."""
+        aside = self.folder / f"{LOCK_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return   # another process took it over first
+        try:
+            if _read(aside) != stale:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.path)
+        finally:
+            aside.unlink(missing_ok=True)
 
     def _create(self, payload: str) -> bool:
         """Create the lock file with its content in one step (link of a finished temporary file)."""

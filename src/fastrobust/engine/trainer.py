@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, trust
 from ..attacks import threat_model
 from ..config import DEVICES, TrainConfig, load_yaml, recipe_ratio, recipe_step, resolve, save_yaml, validate
 from ..data import DATASETS, DeviceLoader, load_dataset, split_validation, take_subset
@@ -34,10 +34,11 @@ from ..data.stream import StreamLoader, lazy
 from ..errors import ConfigError, FastrobustError
 from ..factories import is_factory_ref
 from ..methods import Batch, MethodContext, get_method
+from ..runfolder import LOCK as LOCK_NAME
 from ..runfolder import RunFolder
 from . import callbacks as _callbacks
 from .checkpoint import (atomic_write_text, build_model, check_model, load_checkpoint, model_spec,
-                         remove_temporary_files, save_checkpoint, write_error)
+                         TMP_SUFFIX, remove_temporary_files, save_checkpoint, write_error)
 from .device import pick_device, sync
 from .guard import Guard
 from .distributed import (Dist, PeerLost, derived_seed, env_world_size, global_batch_sizes, init_from_env,
@@ -74,8 +75,15 @@ class RunLog:
         _callbacks.call(self.callbacks, "on_checkpoint", path)
 
     def _append(self, path: Path, text: str) -> None:
+        try:   # never through a symbolic link: only the run folder's own files are written
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            if path.is_symlink():
+                raise FastrobustError(f"{path} is a symbolic link; fastrobust writes only its own files in a run "
+                                      f"folder: remove the link") from None
+            raise write_error(path, exc) from None
         try:
-            with open(path, "a") as fh:
+            with os.fdopen(fd, "a") as fh:
                 fh.write(text)
         except OSError as exc:
             raise write_error(path, exc) from None
@@ -164,7 +172,8 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
-          echo: Callable[[str], None] = print, given: set[str] | None = None, callbacks=()) -> dict:
+          echo: Callable[[str], None] = print, given: set[str] | None = None, callbacks=(),
+          trust_code: bool = False) -> dict:
     """Run one training job to the end and return its summary (also written to ``summary.json``).
 
     ``callbacks``: objects with ``on_epoch_end(record)``, ``on_checkpoint(path)`` and/or
@@ -177,13 +186,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     The main process holds the run folder's lock (:class:`.lock.RunLock`) while it runs.
     With ``resume``, the keys named in ``given`` (the ones the user gave explicitly) must
     equal the run's saved configuration; without ``given``, the keys that differ from the
-    defaults. A NaN or infinite loss or weight stops training with a :class:`TrainingDiverged`.
+    defaults. A resumed run's model or data factory (``package.module:callable``) that the user does not
+    give again is imported only when trusted (``trust_code``, or see :mod:`fastrobust.trust`). Resuming
+    a finished run changes nothing and returns its summary.
+    A NaN or infinite loss or weight stops training with a :class:`TrainingDiverged`.
     """
     # work that reads files or picks the device comes before the process group exists;
     # an error there is raised after joining it, so that it shows once and no process waits
     setup_error, device = None, torch.device("cpu")
     try:
-        cfg, out = _resume_config(cfg, resume, given)
+        cfg, out = _resume_config(cfg, resume, given, trust_code)
+        if resume and RunFolder(out).summary.is_file():
+            return _finished(out, echo)
         device = pick_device(cfg.device)
     except FastrobustError as exc:
         if env_world_size() <= 1:
@@ -228,7 +242,21 @@ def _raise(error: BaseException | None) -> None:
         raise error
 
 
-def _resume_config(cfg: TrainConfig, resume: bool, given: set[str] | None = None) -> tuple[TrainConfig, Path | None]:
+def _finished(out: Path, echo: Callable[[str], None]) -> dict:
+    """``--resume`` of a finished run: say so and change nothing."""
+    try:
+        summary = json.loads(RunFolder(out).summary.read_text())
+    except (OSError, ValueError) as exc:
+        raise FastrobustError(f"--resume: {RunFolder(out).summary} cannot be read ({type(exc).__name__}); the run "
+                              f"in {out} finished but its summary is damaged") from None
+    if env_world_size() <= 1 or os.environ.get("RANK", "0") == "0":
+        echo(f"{out}: this run has finished (summary.json); nothing to resume and nothing was changed. Evaluate it "
+             f"again with `fastrobust eval {out}`, or train more with a new --out")
+    return summary
+
+
+def _resume_config(cfg: TrainConfig, resume: bool, given: set[str] | None = None,
+                   trust_code: bool = False) -> tuple[TrainConfig, Path | None]:
     """The configuration to run (the saved one when resuming) and the output folder, if known yet.
 
     A run folder with config.yaml but no last.pt (stopped in its first epoch) can be resumed:
@@ -243,7 +271,10 @@ def _resume_config(cfg: TrainConfig, resume: bool, given: set[str] | None = None
                 if env_world_size() > 1 else ""
             raise FastrobustError(f"--resume: {out} holds no last.pt to resume from (was the run started with "
                                   f"--out {out}?).{hint}")
+        named = {getattr(cfg, k) for k in ("model", "dataset")
+                 if (k in given if given is not None else getattr(cfg, k) != getattr(TrainConfig(), k))}
         cfg = _merge_for_resume(cfg, out, given)
+        trust.require({"model factory": cfg.model, "data set factory": cfg.dataset}, out, trust_code, named)
     return cfg, out
 
 
@@ -256,9 +287,11 @@ def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool, locks: list) ->
     lock.acquire()
     locks.append(lock)
     notes, folder = [], RunFolder(out)
+    _refuse_foreign(folder)
     has_checkpoint = folder.last.is_file()
     if not resume and (has_checkpoint or folder.summary.exists()):
         raise FastrobustError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    trust.remember(out, (cfg.model, cfg.dataset))   # the user named this code for this folder (see fastrobust.trust)
     if not has_checkpoint and folder.config.is_file():
         # an attempt that stopped before its first checkpoint: the same run may start again there
         diffs = _differences(cfg, load_yaml(folder.config))
@@ -274,6 +307,30 @@ def _claim_out(cfg: TrainConfig, out: Path | None, resume: bool, locks: list) ->
     if removed:
         notes.append(f"removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(removed)}")
     return out, notes
+
+
+def _refuse_foreign(folder: RunFolder) -> None:
+    """Refuse a folder holding what fastrobust did not write: files of other names, a run file without
+    the run's config.yaml, or a run file that is a symbolic link (nothing of the user's is touched)."""
+    entries = [p for p in folder.path.iterdir()
+               if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)) and p.name != LOCK_NAME]
+    links = [p.name for p in entries if p.is_symlink()]
+    foreign = [p.name for p in entries if p.name not in RunFolder.KNOWN]
+    ours = folder.config.is_file() and not folder.config.is_symlink() and _is_run_config(folder.config)
+    if links or foreign or (entries and not ours):
+        names = sorted(links or foreign or [p.name for p in entries])
+        what = "symbolic links" if links else "files that fastrobust did not write"
+        raise FastrobustError(f"{folder} holds {what} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
+                              f"a run writes only into an empty folder or its own run folder, so nothing of yours "
+                              f"is overwritten: choose a new or empty --out")
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        saved = load_yaml(path)
+    except FastrobustError:
+        return False
+    return {"method", "dataset", "model"} <= set(saved)
 
 
 def _differences(cfg: TrainConfig, saved: dict) -> list[str]:

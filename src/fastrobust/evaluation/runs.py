@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import numbers
 from pathlib import Path
 
 from ..config import recipe_ratio
+from .. import trust
 from ..errors import ConfigError, FastrobustError
 from ..runfolder import RunFolder
 from .core import check_count, check_eps, check_norm, evaluate
@@ -22,6 +25,15 @@ def output_path(path: str | Path, out: str | Path | None = None) -> Path:
     return RunFolder(path).eval if path.is_dir() else path.with_name(path.stem + ".eval.json")
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file (identifies the checkpoint an eval.json belongs to)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _locate(path: Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run directory or None)."""
     if not path.exists():
@@ -35,12 +47,19 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-def _run_config(payload: dict, run_dir: Path | None) -> dict:
+def _run_config(payload: dict, run_dir: Path | None, dataset: str | None = None) -> dict:
     from ..config import load_yaml
+    from ..fitting import DATA_REF
 
     config = dict(payload.get("config") or {})
     if run_dir is not None and RunFolder(run_dir).config.is_file():
         config.update(load_yaml(RunFolder(run_dir).config))
+    if dataset:
+        config.update(dataset=dataset, data_dir=None, test_subset=None, stream=False)
+    elif config.get("dataset") == DATA_REF:
+        raise FastrobustError("this run was trained with fastrobust.fit on data given from Python, which is not "
+                              "stored with the run: name its test data with --dataset NAME_or_package.module:factory "
+                              "(and --data-dir DIR), or in Python evaluate_checkpoint(run, dataset=...)")
     if not config.get("dataset"):
         raise FastrobustError("the checkpoint names no data set in its configuration; evaluate its model with "
                               "fastrobust.evaluation.evaluate(fastrobust.load_model(path), x, y, eps=...) instead")
@@ -61,6 +80,8 @@ def evaluate_checkpoint(
     progress: bool | None = None,
     seed: int = 0,
     cascade: bool = True,
+    dataset: str | None = None,
+    trust_code: bool = False,
 ) -> dict:
     """Evaluate a run directory (its ``best.pt``) or a fastrobust checkpoint on the test split of
     the data set it was trained on, and write the result as JSON (see :func:`output_path`).
@@ -69,12 +90,15 @@ def evaluate_checkpoint(
     ``test_subset=N`` takes the same N test images as ``fastrobust train --test-subset N``
     (seeded by the run's seed); by default the run's own test split is used. PGD steps follow
     the data set's recipe (2/255 on CIFAR/SVHN, 0.01 on MNIST, or 2.5 eps/K for few steps).
-    Returns the dict of :func:`fastrobust.evaluation.evaluate` with ``checkpoint``,
+    ``dataset`` (with ``data_dir``): evaluate on this data set's test split instead of the run's (a run of
+    :func:`fastrobust.fit`, whose data is not stored, needs it). ``trust_code``: import the model or data
+    factory (``package.module:callable``) the folder names, which runs its code (see :mod:`fastrobust.trust`).
+    A run folder is evaluated under its lock (refused while training writes there).
+    Returns the dict of :func:`fastrobust.evaluation.evaluate` with ``checkpoint``, ``checkpoint_sha256``,
     ``dataset``, ``test_subset``, ``model``, ``method`` and ``epoch`` added.
     """
-    from ..data import Split, load_dataset, take_subset
-    from ..engine.checkpoint import atomic_write_text, check_writable, load_checkpoint, model_from_checkpoint
-    from ..engine.device import pick_device
+    from ..engine.checkpoint import folder_of, load_checkpoint
+    from ..engine.lock import RunLock
 
     names = parse_attacks(attacks)          # refuse bad input before loading anything
     if norm is not None:
@@ -84,8 +108,25 @@ def evaluate_checkpoint(
                                     or test_subset < 1):
         raise ConfigError(f"test_subset must be an integer >= 1 (or unset for the run's test split), got {test_subset!r}")
     checkpoint, run_dir = _locate(Path(path))
-    payload = load_checkpoint(checkpoint)
-    config = _run_config(payload, run_dir)
+    lock = RunLock(run_dir, "fastrobust eval") if run_dir is not None else contextlib.nullcontext()
+    with lock:   # training replaces best.pt and writes the folder: one writer at a time
+        payload = load_checkpoint(checkpoint)
+        digest = file_sha256(checkpoint)
+        config = _run_config(payload, run_dir, dataset)
+        folder = folder_of(checkpoint)
+        trust.require({"data set factory": config["dataset"], "model factory": payload["model_spec"]["name"]},
+                      folder, trust_code, given=[dataset] if dataset else [])
+        with trust.reading(folder, trust_code, given=[dataset] if dataset else []):
+            return _evaluate_run(path, checkpoint, payload, digest, config, names, eps, norm, test_subset, batch_size,
+                                 device, data_dir, out, progress, seed, cascade)
+
+
+def _evaluate_run(path, checkpoint, payload, digest, config, names, eps, norm, test_subset, batch_size, device,
+                  data_dir, out, progress, seed, cascade) -> dict:
+    from ..data import Split, load_dataset, take_subset
+    from ..engine.checkpoint import atomic_write_text, check_writable, model_from_checkpoint
+    from ..engine.device import pick_device
+
     run_norm = config.get("norm", "linf")
     norm = norm or run_norm
     if eps is None:
@@ -111,7 +152,7 @@ def evaluate_checkpoint(
                               f"{exc}); the file is damaged or from an incompatible fastrobust") from None
     result = evaluate(model, test.x, test.y, attacks=names, eps=eps, norm=norm, batch_size=batch_size, device=dev,
                       seed=seed, progress=progress, alpha_ratio=recipe_ratio(norm, data.info) or None, cascade=cascade)
-    result = {"checkpoint": str(checkpoint), "dataset": config["dataset"], "test_subset": subset,
+    result = {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "dataset": config["dataset"], "test_subset": subset,
               "model": config.get("model"), "method": config.get("method"), "epoch": payload.get("epoch"), **result}
     atomic_write_text(target, json.dumps(result, indent=2) + "\n")
     return result
