@@ -53,3 +53,26 @@ def test_a_stopped_example_keeps_its_iterate():
     delta, _, charged = ascend(model, x, torch.zeros_like(x), 3, EPS, EPS, threat_model("linf"), y, stop=stop)
     assert (delta[:4] == 0).all() and (delta[4:] != 0).any() and (stop.taken[:4] == 0).all()
     assert charged == 4 + stop.taken[4:].sum() + (stop.taken[4:] < 3).sum()
+
+
+def test_training_attacks_compact_on_the_cpu_in_eval_mode_only(monkeypatch):
+    """FAT on the CPU forwards only its running examples in eval mode (the same steps as the masked batch an
+    accelerator runs, at fewer forwards); in train mode it masks (BatchNorm's statistics see the whole batch)."""
+    from fastrobust.attacks import kernel
+    from fastrobust.methods import Batch
+    from helpers import ForwardCounter, make_method
+
+    x, y = synthetic(48)
+    results = {}
+    for compact_on_cpu in (True, False):
+        monkeypatch.setattr(kernel, "COMPACT_ON_CPU", compact_on_cpu)
+        torch.manual_seed(0)
+        model, method, _, _ = make_method("fat", steps=10, tau=1)
+        counter = ForwardCounter(model)
+        torch.manual_seed(1)
+        x_adv, passes, _ = method.attack_(model, Batch(x, y, EPS, EPS / 4), 10, EPS / 4)
+        results[compact_on_cpu] = x_adv, float(passes), counter.examples
+    (sub, spent, forwarded), (masked, charged, forwarded_all) = results[True], results[False]
+    assert torch.allclose(sub, masked, atol=1e-6) and spent == charged == forwarded < forwarded_all == 10 * 48
+    monkeypatch.setattr(kernel, "COMPACT_ON_CPU", True)
+    assert not kernel.compacts(TinyNet().train(), x) and kernel.compacts(TinyNet().eval(), x)

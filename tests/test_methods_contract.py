@@ -17,14 +17,6 @@ METHODS = [cls.name for cls in list_methods()]
 SMALL = {"steps": 3, "k_min": 1, "k_max": 3, "replays": 2, "r_max": 3, "d": 1, "gamma": 0.5, "p": 0.0}
 
 
-def charged(method, passes, counted):
-    """Passes reported = work counted; for an attack that stops early, the work of the running examples
-    only (the whole batch is forwarded at each step, a stopped example is not charged), at most that counted."""
-    if getattr(getattr(method, "attack_", None), "early_stop", False):
-        return passes <= counted + 1e-6
-    return passes == pytest.approx(counted)
-
-
 def small(name):
     names = {p.name for p in make_method(name)[1].params}
     return {k: v for k, v in SMALL.items() if k in names}
@@ -44,7 +36,7 @@ def test_reported_passes_equal_the_work_counted(name, norm):
                 before = fwd.examples / 3 + 2 * bwd.examples / 3
                 x, y = synthetic(24, seed=b)
                 out = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step)
-                assert charged(method, out.passes, fwd.examples / 3 + 2 * bwd.examples / 3 - before), (epoch, b)
+                assert out.passes == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3 - before), (epoch, b)
                 assert out.logits.shape == (24, 3) and out.loss.ndim == 0 and not out.loss.requires_grad
             method.on_epoch_end(epoch)
 
@@ -117,7 +109,7 @@ def test_strengthen_adds_work_and_keeps_the_accounting(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         after = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step).passes
-    assert charged(method, after, fwd.examples / 3 + 2 * bwd.examples / 3)
+    assert after == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3)
     if change is None:
         assert after == before
     else:

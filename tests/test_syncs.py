@@ -8,7 +8,8 @@ that reads a tensor on the host or moves one between devices: ``item``, ``tolist
 boolean mask, a blocking ``.to()`` naming a device, and ``torch.tensor``/``as_tensor`` with a device.
 Each is attributed to the nearest fastrobust frame. The optimizer's own step counters (Adam keeps them
 on the host) are not counted. The runs go through the real engine (``fastrobust.train``) for one epoch
-of MNIST (no augmentation) and of CIFAR-style 3x32x32 data with crop_pad 4 and flips.
+of MNIST (no augmentation) and of CIFAR-style 3x32x32 data with crop_pad 4 and flips, on the path an
+accelerator takes (early-stopped attacks masked, not compacted to sub-batches as on the CPU).
 
 The budget: no sync in any iteration, except GAAT's one per check step (it decides between a full
 backward and a sub-batch refresh from how many examples need a true gradient).
@@ -25,6 +26,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastrobust.attacks import kernel
 from fastrobust.config import TrainConfig
 from fastrobust.data import loader as loader_mod
 from fastrobust.engine import trainer
@@ -143,6 +145,7 @@ def install(monkeypatch, counter: SyncCounter) -> None:
     def stop(*args, **kwargs):
         raise _Stop
 
+    monkeypatch.setattr(kernel, "COMPACT_ON_CPU", False)   # what an accelerator runs (masks, not sub-batches)
     monkeypatch.setattr(trainer, "_train_batch", train_batch)
     monkeypatch.setattr(loader_mod.DeviceLoader, "__iter__", iterate)
     monkeypatch.setattr(trainer, "_end_epoch", stop)

@@ -12,8 +12,9 @@ ascent with FAT's early stop, N-FGSM, the replays of Free and DEAT, GAAT's appro
 
 With a stopping rule, the batch keeps its shape: every step forwards the whole batch and updates only the
 running examples (``torch.where`` on a mask), so no step reads anything on the host; a stopped example is
-not charged (the passes are a device tensor). Evaluation may instead ``compact`` the batch to its running
-examples (fewer forwards, one host read per step: evaluation is not a training iteration).
+not charged (the passes are a device tensor). The loop may instead ``compact`` the batch to its running
+examples: fewer forwards for one host read per step, which costs nothing on the CPU (see
+:func:`compacts`) and is what evaluation does in eval mode.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def summed_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def summed(per_example_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Objective:
     """The :data:`Objective` summing ``per_example_loss(logits, against)`` over the batch."""
     return lambda logits, against: per_example_loss(logits, against).sum()
+
+
+#: whether training attacks with a stopping rule forward only their running examples on the CPU (see
+#: :func:`compacts`); tests/test_syncs.py turns it off to run, on the CPU, what an accelerator runs
+COMPACT_ON_CPU = True
+
+
+def compacts(model, x: torch.Tensor) -> bool:
+    """Whether an attack with a stopping rule on ``x`` should forward only its running examples: on the CPU,
+    where reading the mask on the host costs nothing and the stopped examples' forwards are saved, and only
+    with the model in eval mode (in train mode a sub-batch would change BatchNorm's batch statistics). On an
+    accelerator the batch is masked instead: static shapes, nothing for the device to wait on."""
+    return COMPACT_ON_CPU and x.device.type == "cpu" and not any(m.training for m in model.modules())
 
 
 def input_grad(model, x_adv: torch.Tensor, against: torch.Tensor,
@@ -85,7 +99,8 @@ def ascend(model, x: torch.Tensor, delta: torch.Tensor, steps: int, alpha: float
     """``steps`` ascent steps of size ``alpha`` from ``delta`` (the start); returns ``(delta, grad, passes)``.
 
     ``grad``: the gradient of the last step taken (None if none), intact when ``keep_grad`` (the L-inf
-    step signs it in place otherwise); with ``stop`` it is the whole batch's. ``passes``: one per running
+    step signs it in place otherwise); with ``stop`` it is the whole batch's (``compact``: the examples'
+    still running after it). ``passes``: one per running
     example and step (a float, or a device tensor with ``stop`` unless ``compact``). ``x``, ``delta`` and
     ``against`` are ``(B, ...)``; ``delta`` is not modified in place.
     """

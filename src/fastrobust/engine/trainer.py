@@ -789,16 +789,17 @@ def _finish(run: Run) -> dict:
         figures = (f"best epoch {summary['best_epoch']}, test clean {_pct(test['clean_acc'])}, "
                    f"test PGD-{cfg.test_steps} {_pct(test['robust_acc'])}, {state['passes']:.1f} passes/example, "
                    f"{state['train_seconds']:.1f} s training -> {folder.summary}")
+        hint = _NOT_LEARNED_HINT.format(warmup=f"{cfg.eps_warmup:g}", longer=f"{max(1.0, 2 * cfg.eps_warmup):g}")
         log.info(f"done: {figures}" if reason is None else
-                 f"warning: the model did not learn: {reason}; {_NOT_LEARNED_HINT} ({figures})")
+                 f"warning: the model did not learn: {reason}; {hint} ({figures})")
         _callbacks.call(log.callbacks, "on_train_end", summary)
         return summary
 
     return dist.on_main(finish)
 
 
-_NOT_LEARNED_HINT = ("train longer, ramp eps up (--eps-warmup, e.g. a third of the epochs), or lower --eps or "
-                     "--lr; summary.json records learned: false")
+_NOT_LEARNED_HINT = ("train longer, ramp eps up over more epochs (--eps-warmup {longer}; this run: {warmup}), or "
+                     "lower --eps or --lr; summary.json records learned: false")
 
 
 class TrainingDiverged(FastrobustError):

@@ -29,7 +29,7 @@ define("n-fgsm", "N-FGSM (de Jorge et al. 2022): a uniform random start of radiu
        "size alpha (default eps), no projection back to the eps-ball. Cost 2.",
        attack=NoiseFGSM(), schedule=Schedule(value=1), alpha=1.0)
 define("fat", "FAT, friendly adversarial training (Zhang et al. 2020): PGD-K (model in eval mode) that stops, per "
-       "example, tau steps after the example is first misclassified (a stopped example is masked, not charged). "
+       "example, tau steps after the example is first misclassified (a stopped example is charged nothing more). "
        "Cost (attack passes spent) + 1 <= K+1.",
        attack=Ascent(early_stop=True, attack_eval=True), schedule=steps(10, "K, the most attack steps"))
 define("amata", "Amata (Ye et al. 2021): PGD-AT from x (zero start, as the reference) whose step count grows "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..attacks import preserved_mode
-from ..attacks.kernel import EarlyStop, ascend, summed_ce
+from ..attacks.kernel import EarlyStop, ascend, compacts, summed_ce
 from .base import FORWARD, Batch, Component, Param
 from .losses import kl_per_example
 
@@ -42,9 +42,11 @@ class Ascent(Component):
     ``objective``: ``ce`` (cross-entropy on y: PGD, MART) or ``kl`` (KL(f(x) || f(x+delta)): TRADES; the
     target f(x) is one forward, 1/3 pass). ``start``: a key of :data:`STARTS`. ``early_stop``: FAT's rule, an
     example stops at its (tau+1)-th misclassified iterate (tau steps after it is first misclassified, if it stays
-    so). The whole batch is forwarded at every step and only the running examples are updated (a mask: static
-    shapes, no host read; with BatchNorm in train mode the stopped examples still count in the batch
-    statistics); each step costs one pass per running example. K = 0 returns the start.
+    so). On an accelerator the whole batch is forwarded at every step and only the running examples are
+    updated (a mask: static shapes, no host read; with BatchNorm in train mode the stopped examples still count
+    in the batch statistics); on the CPU, in eval mode, only the running examples are forwarded (the same
+    steps: see :func:`fastrobust.attacks.kernel.compacts`). Each step costs one pass per running example.
+    K = 0 returns the start.
     The steps are :func:`fastrobust.attacks.kernel.ascend`'s, as evaluation PGD's.
     """
 
@@ -76,7 +78,7 @@ class Ascent(Component):
                     against, objective = model(x), _summed_kl
                 passes += n * FORWARD
             delta, grad, spent = ascend(model, x, delta, level, alpha, eps, tm, against, objective=objective,
-                                        stop=stop, keep_grad=True)
+                                        stop=stop, keep_grad=True, compact=stop is not None and compacts(model, x))
         if stop is not None:   # FAT: the steps taken and the examples (on the device)
             self.sums[0] += stop.taken.sum()
             self.sums[1] += n
