@@ -296,8 +296,9 @@ def evaluate(
     Args:
         model: any ``torch.nn.Module`` mapping [0,1] images to logits. It runs in eval
             mode; its mode, parameters and their ``requires_grad``/``.grad`` are unchanged after.
-        x, y: images, uint8 (0..255) or float in [0,1], (N, C, H, W); integer labels (N,).
-            They stay where they are and are moved to the model's device batch by batch.
+        x: images, uint8 (0..255) or float in [0,1], (N, C, H, W). They stay where they are
+            and are moved to the model's device batch by batch (as ``y`` is).
+        y: integer labels (N,).
         attacks: names or ``"clean,pgd20,aa"`` (see :func:`parse_attacks`).
         eps: radius, in [0,1] pixel units (``8/255`` strings are accepted).
         norm: ``"linf"`` or ``"l2"``.
