@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import os
+import pkgutil
 import sys
 
 import pytest
@@ -125,11 +127,13 @@ def install(monkeypatch, counter: SyncCounter) -> None:
     for name in ("tensor", "as_tensor"):
         monkeypatch.setattr(torch, name, counter.wrap(f"torch.{name}(device=)", getattr(torch, name), _with_device))
 
-    real_batch, real_iter = trainer._train_batch, loader_mod.DeviceLoader.__iter__
+    real_iter = loader_mod.DeviceLoader.__iter__
 
-    def train_batch(*args, **kwargs):
-        with counter.window():
-            return real_batch(*args, **kwargs)
+    def window(fn):
+        def counted(*args, **kwargs):
+            with counter.window():
+                return fn(*args, **kwargs)
+        return counted
 
     def iterate(self):
         it = real_iter(self)
@@ -142,13 +146,22 @@ def install(monkeypatch, counter: SyncCounter) -> None:
                     return
             yield item
 
-    def stop(*args, **kwargs):
-        raise _Stop
-
     monkeypatch.setattr(kernel, "COMPACT_ON_CPU", False)   # what an accelerator runs (masks, not sub-batches)
-    monkeypatch.setattr(trainer, "_train_batch", train_batch)
+    for module in engine_modules("_train_batch"):         # the engine's minibatch step, wherever it is defined
+        monkeypatch.setattr(module, "_train_batch", window(getattr(module, "_train_batch")))
     monkeypatch.setattr(loader_mod.DeviceLoader, "__iter__", iterate)
-    monkeypatch.setattr(trainer, "_end_epoch", stop)
+
+
+def engine_modules(name: str) -> list:
+    """The modules of fastrobust.engine that hold ``name``."""
+    import fastrobust.engine as engine
+
+    found = []
+    for info in pkgutil.iter_modules(engine.__path__):
+        module = importlib.import_module(f"fastrobust.engine.{info.name}")
+        if hasattr(module, name):
+            found.append(module)
+    return found
 
 
 # ---- CIFAR-style data: 3x32x32, random crop with 4 pixels of padding and flips -----------------------------
@@ -183,10 +196,23 @@ def count_syncs(monkeypatch, tmp_path, method: str, data: str, **params) -> tupl
     counter = SyncCounter()
     cfg = TrainConfig(method=method, method_params=params, epochs=1, out=str(tmp_path / f"{method}-{data}"),
                       device="cpu", test_subset=10, **DATA[data])
+    seen = []   # whether each minibatch of the method ran inside a counted window
+
+    def train_batch(self, *args, **kwargs):
+        seen.append(counter.active)
+        return real_train_batch(self, *args, **kwargs)
+
+    def stop(self, epoch):   # after the epoch's minibatches: validation and checkpoints are not counted
+        raise _Stop
+
+    real_train_batch = cls.train_batch
     with monkeypatch.context() as mp:
         install(mp, counter)
+        mp.setattr(cls, "train_batch", train_batch)
+        mp.setattr(cls, "on_epoch_end", stop)
         with pytest.raises(_Stop):
             trainer.train(cfg, progress=False, echo=lambda s: None)
+    assert seen and all(seen), "the method's minibatches ran outside the counted window: update install()"
     return counter.per_iteration, cls.resolve_params(params)
 
 
@@ -237,7 +263,7 @@ def test_fp16_replay_step_reads_no_scale_on_the_host(monkeypatch):
     run = SimpleNamespace(cfg=SimpleNamespace(grad_clip=None), dist=SimpleNamespace(enabled=False,
                           average_buffers=lambda m: None), opt=opt, scaler=scaler, loss_weight=1.0,
                           params=list(model.parameters()), raw_model=model)
-    step = trainer._make_step(run)
+    step = engine_modules("_make_step")[0]._make_step(run)
     x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 3
     x1 = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(nn.functional.cross_entropy(model(x1), y), x1)
@@ -246,7 +272,7 @@ def test_fp16_replay_step_reads_no_scale_on_the_host(monkeypatch):
     x2 = x.clone().requires_grad_(True)
     with counter.window(new_iteration=True):
         grad = step(nn.functional.cross_entropy(model(x2), y), wrt=x2)
-    lines = open(trainer.__file__).read().splitlines()
+    lines = open(engine_modules("_make_step")[0].__file__).read().splitlines()
     places = [key.split(" ")[0] for key in counter.per_iteration[0]]
     assert all("scaler.step(opt)" in lines[int(p.rsplit(":", 1)[1]) - 1] for p in places), places
     assert torch.allclose(grad, expected)
