@@ -100,9 +100,9 @@ def ascend(model, x: torch.Tensor, delta: torch.Tensor, steps: int, alpha: float
 
     ``grad``: the gradient of the last step taken (None if none), intact when ``keep_grad`` (the L-inf
     step signs it in place otherwise); with ``stop`` it is the whole batch's (``compact``: the examples'
-    still running after it). ``passes``: one per running
-    example and step (a float, or a device tensor with ``stop`` unless ``compact``). ``x``, ``delta`` and
-    ``against`` are ``(B, ...)``; ``delta`` is not modified in place.
+    still running after it). ``passes``: one per running example and step (a float, or a device tensor
+    with ``stop`` unless ``compact``). ``x``, ``delta`` and ``against`` are ``(B, ...)``; ``delta`` is not
+    modified in place.
     """
     step = threat.step if step is None else step
     if gradient is None:
@@ -114,7 +114,7 @@ def ascend(model, x: torch.Tensor, delta: torch.Tensor, steps: int, alpha: float
             grad, _ = gradient(k, x, delta, against)
             delta = step(delta, grad.clone() if keep_grad and k == steps - 1 else grad, alpha, x, eps)
         return delta, grad, float(n * steps)
-    if compact:        # forward the running examples only (a host read per step: for evaluation)
+    if compact:        # forward the running examples only (a host read per step: evaluation, the CPU)
         rows, passes = torch.arange(n, device=x.device), 0.0
         for k in range(steps):
             xs, ds = x[rows], delta[rows]
