@@ -18,7 +18,7 @@ def _missing() -> list[str]:
     for name in NEEDED:
         try:
             found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
+        except (ImportError, ValueError):
             found = False
         if not found:
             missing.append(name)
