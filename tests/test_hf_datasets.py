@@ -140,3 +140,16 @@ def test_a_dataloader_over_a_hugging_face_dataset():
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, drop_last=True)
     split = to_split(loader, "ds")
     assert torch.equal(split.x, x) and torch.equal(split.y, y)
+
+
+def test_a_transform_of_the_user_is_kept():
+    ds, x, y = image_dataset(20)
+
+    def invert(batch):   # e.g. a torchvision transform: PIL images in, float tensors (C, H, W) out
+        return {"image": [1 - torch.from_numpy(np.asarray(im, dtype=np.float32))[None] / 255 for im in batch["image"]],
+                "label": batch["label"]}
+
+    split = to_split(ds.with_transform(invert), "ds")
+    assert torch.equal(split.x, 255 - x) and torch.equal(split.y, y)
+    lazy = to_lazy_split(ds.with_transform(invert), "ds")
+    assert torch.equal(lazy.y, y) and torch.equal(lazy.x[torch.arange(20)], 255 - x)

@@ -494,7 +494,10 @@ class HFItems:
             raise DataError(f"{what}: a streaming Hugging Face IterableDataset cannot be held or indexed; load it "
                             f"without streaming=True, or take part of it: datasets.Dataset.from_list(list(ds.take(n)))")
         self.image_column, self.label_column = hf_columns(ds, what)
-        self.ds = ds.select_columns([self.image_column, self.label_column]).with_format(None)
+        # a transform of the user's (ds.set_transform / with_transform) is kept, and reads what it reads; otherwise
+        # the two columns, in Python objects (PIL images, lists), whatever output format was set
+        custom = (getattr(ds, "format", None) or {}).get("type") == "custom"
+        self.ds = ds if custom else ds.select_columns([self.image_column, self.label_column]).with_format(None)
         feature = ds.features[self.label_column]
         self.classes = tuple(feature.names) if type(feature).__name__ == "ClassLabel" else ()
         self.what = what
@@ -502,8 +505,8 @@ class HFItems:
 
     @property
     def targets(self) -> list:
-        if self._targets is None:   # one column read, without decoding the images
-            self._targets = list(self.ds[self.label_column])
+        if self._targets is None:   # one column read, without decoding the images (nor a transform)
+            self._targets = list(self.ds.with_format(None)[self.label_column])
         return self._targets
 
     def __len__(self) -> int:
@@ -511,6 +514,10 @@ class HFItems:
 
     def __getitem__(self, i: int):
         item = self.ds[int(i)]
+        if self.image_column not in item or self.label_column not in item:
+            raise DataError(f"{self.what}: the dataset's transform returns the keys {', '.join(map(repr, item))}; "
+                            f"fastrobust reads the image column {self.image_column!r} and the label column "
+                            f"{self.label_column!r}: keep those names in the transform's output")
         image = item[self.image_column]
         if isinstance(image, list):
             image = np.asarray(image)
