@@ -38,6 +38,26 @@ def test_fgsm_made_harmless_is_a_collapse_before_any_robustness():
     assert not collapsed(None, 0.02, fgsm=0.80)                 # without the clean accuracy: not judged
 
 
+# the demo of before (15 epochs, eps 0.3 ramped up over 3): validation (PGD, FGSM, clean) per epoch; the FGSM-gap
+# rule of before marked both "collapsed in epoch 3" while their robust accuracy was rising
+DEMO_PGD = [(0.0, 0.098, 0.884), (0.042, 0.538, 0.914), (0.246, 0.632, 0.924), (0.344, 0.63, 0.93),
+            (0.43, 0.656, 0.922), (0.504, 0.692, 0.934), (0.574, 0.712, 0.938), (0.62, 0.73, 0.942),
+            (0.602, 0.726, 0.944), (0.636, 0.746, 0.942), (0.622, 0.732, 0.946), (0.64, 0.746, 0.94),
+            (0.636, 0.744, 0.942), (0.636, 0.742, 0.942), (0.634, 0.742, 0.942)]
+DEMO_GAAT = [(0.002, 0.09, 0.884), (0.01, 0.59, 0.904), (0.138, 0.696, 0.934), (0.272, 0.706, 0.938),
+             (0.358, 0.706, 0.93), (0.416, 0.736, 0.936), (0.468, 0.764, 0.94), (0.546, 0.778, 0.948),
+             (0.538, 0.768, 0.95), (0.542, 0.788, 0.95), (0.544, 0.786, 0.95), (0.558, 0.786, 0.948),
+             (0.56, 0.792, 0.948), (0.554, 0.788, 0.95), (0.558, 0.788, 0.95)]
+
+
+def test_pgd_at_and_gaat_climbing_out_of_the_eps_warm_up_are_not_marked():
+    for figures in (DEMO_PGD, DEMO_GAAT):
+        g = Guard(enabled=False)
+        # judged as the trainer judges: FGSM from the epoch that ends at full eps (the 3rd)
+        assert not any(g.observe(e, r, f if e >= 3 else None, c) for e, (r, f, c) in enumerate(figures, 1))
+        assert g.collapsed_epoch is None
+
+
 def test_the_reason_states_the_figures():
     from fastrobust.engine.guard import diagnose
 
