@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 from typing import Any
@@ -88,48 +89,31 @@ def _model_opt(text: str) -> tuple[str, Any]:
             f"e.g. width=16 or 'widths=[16, 32]'") from None
 
 
-# (flag, config key, argparse kwargs); defaults are suppressed so we know what was given
-TRAIN_OPTIONS = [
-    ("--method", "method", dict(metavar="NAME", help="training method (default pgd; see `fastrobust methods`)")),
-    ("--dataset", "dataset", dict(metavar="NAME", help="mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, cifar100, svhn, imagefolder, or your own as package.module:factory (see `fastrobust datasets`)")),
-    ("--data-dir", "data_dir", dict(metavar="DIR", help="folder holding the data set files (default $FASTROBUST_DATA or ~/.cache/fastrobust); for imagefolder, the folder with train/ and test/")),
-    ("--model", "model", dict(metavar="NAME", help="architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see `fastrobust models`), or your own as package.module:factory")),
-    ("--normalize", "normalize", dict(type=_normalize, metavar="MEAN/STD", help="input normalisation inside the model: 'dataset' (the data set's mean/std; the default for built-in models), 'none' (the default for --model package.module:factory), or per-channel values like 0.49,0.48,0.45/0.25,0.24,0.26")),
-    ("--model-opt", "model_options", dict(metavar="KEY=VALUE", type=_model_opt, action="append", help="a model option, repeatable, e.g. --model-opt width=16")),
-    ("--epochs", "epochs", dict(type=int, metavar="N", help="number of epochs (default 10)")),
-    ("--batch-size", "batch_size", dict(type=int, metavar="N", help="global minibatch size (default 100 for MNIST-like data, 128 otherwise)")),
-    ("--optimizer", "optimizer", dict(choices=["sgd", "adam"], help="default adam for MNIST-like data, sgd (momentum 0.9) otherwise")),
-    ("--lr", "lr", dict(type=_number("lr"), metavar="LR", help="peak learning rate (default 1e-3 for adam, 0.05 for sgd)")),
-    ("--momentum", "momentum", dict(type=float, metavar="M", help="SGD momentum (default 0.9)")),
-    ("--weight-decay", "weight_decay", dict(type=float, metavar="WD", help="default 5e-4 for sgd, 0 for adam")),
-    ("--lr-schedule", "lr_schedule", dict(choices=["multistep", "piecewise", "cyclic", "cosine", "constant"], help="multistep (= piecewise; x lr-gamma at each milestone, default), cyclic (triangle peaking at 2/5 of training), cosine, constant; updated every minibatch")),
-    ("--lr-milestones", "lr_milestones", dict(type=_milestones, metavar="E1,E2", help="multistep milestones in epochs (default 50%% and 80%% of training)")),
-    ("--lr-peak", "lr_peak", dict(type=float, metavar="F", help="cyclic: where the LR peaks, as a fraction of training (default 0.4, Wong et al.; DEAT's FAST setting 0.5)")),
-    ("--lr-gamma", "lr_gamma", dict(type=float, metavar="G", help="multistep decay factor (default 0.1)")),
-    ("--norm", "norm", dict(choices=["linf", "l2"], help="threat model of training and evaluation (default linf)")),
-    ("--eps", "eps", dict(type=_number("eps"), metavar="E", help="radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default L-inf: MNIST 0.3, CIFAR/SVHN 8/255; L2: MNIST 2.0, others 0.5)")),
-    ("--alpha", "alpha", dict(type=_number("alpha"), metavar="A", help="attack step (default per method: pgd the recipe step, 2/255 on CIFAR, 0.01 on MNIST; fgsm-rs 1.25 eps; free eps)")),
-    ("--eps-warmup", "eps_warmup", dict(type=float, metavar="EPOCHS", help="ramp eps (and alpha) linearly from 0 over this many epochs (default 0)")),
-    ("--val-size", "val_size", dict(type=int, metavar="N", help="held-out validation examples from the training set, for checkpoint selection (default 1000; 0 = none, best = last)")),
-    ("--train-subset", "train_subset", dict(type=int, metavar="N", help="train on a seeded random subset of N examples")),
-    ("--test-subset", "test_subset", dict(type=int, metavar="N", help="evaluate on a seeded random subset of N test examples")),
-    ("--val-steps", "val_steps", dict(type=int, metavar="K", help="PGD steps (CW loss) of the per-epoch validation attack (default 10)")),
-    ("--test-steps", "test_steps", dict(type=int, metavar="K", help="PGD steps (CE loss) of the final test attack (default 20)")),
-    ("--eval-batch-size", "eval_batch_size", dict(type=int, metavar="N", help="batch size of evaluation (default 500)")),
-    ("--seed", "seed", dict(type=int, metavar="S", help="random seed (default 0)")),
-    ("--out", "out", dict(metavar="DIR", help="run directory (default runs/METHOD-DATASET-TIME)")),
-    ("--device", "device", dict(choices=["auto", "cpu", "cuda"], help="default auto (cuda if available)")),
-    ("--amp", "amp", dict(choices=["none", "bf16", "fp16"], help="mixed precision (GPU); default none (fp32)")),
-    ("--channels-last", "channels_last", dict(action="store_true", help="channels_last memory format (GPU)")),
-    ("--compile", "compile", dict(action="store_true", help="torch.compile the model")),
-    ("--guard", "guard", dict(action="store_true", help="catastrophic-overfitting guard: when validation robust accuracy collapses (below half its best, 10+ points under it, or below half its validation FGSM accuracy, 30+ points under it), restore the best epoch's weights, optimizer and method state and train on with a stronger attack (twice the steps or replays at half the step; again while FGSM stays 15+ points above PGD after an epoch to adapt, at most twice); each event in metrics.jsonl and train.log. Without it a collapse is only marked (summary.json: collapsed, collapsed_epoch)")),
-    ("--grad-clip", "grad_clip", dict(type=float, metavar="NORM", help="clip the weight gradient norm")),
-    ("--sync-bn", "sync_bn", dict(action="store_true", help="under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global minibatch (default: each process normalises with its shard's statistics; running statistics are averaged over the processes after every step)")),
-    ("--log", "log", dict(type=lambda t: [n.strip() for n in t.split(",") if n.strip()], metavar="LOGGER", help="also log each epoch's metrics to: tensorboard (into RUN/tensorboard; needs pip install \"fastrobust[tensorboard]\")")),
-    ("--stream", "stream", dict(action="store_true", help="read the training data when needed through a DataLoader with worker processes (an image folder is not decoded up front); default: the data is held in memory on the device")),
-    ("--workers", "workers", dict(type=int, metavar="N", help="with --stream: DataLoader worker processes (default half the CPU cores, 1 to 8; 0 = read in the training process)")),
-    ("--dist-timeout", "dist_timeout", dict(type=float, metavar="SECONDS", help="under torchrun: how long a process waits for the others before the job stops with an error (default 1800)")),
-]
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+#: the converters that configuration keys name (``opt(..., parse=NAME)`` in :mod:`fastrobust.config`)
+_PARSERS = {"number": _number, "milestones": lambda key: _milestones, "normalize": lambda key: _normalize,
+            "model_opt": lambda key: _model_opt, "names": lambda key: _names}
+
+
+def train_options() -> list[tuple[str, str, dict]]:
+    """(flag, config key, argparse kwargs) of every configuration key that has a flag, generated from
+    :class:`~fastrobust.config.TrainConfig`'s table; defaults are suppressed so we know what was given."""
+    options = []
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if meta["flag"] is None:
+            continue
+        kwargs = dict(meta["cli"])
+        if "parse" in kwargs:
+            kwargs["type"] = _PARSERS[kwargs.pop("parse")](f.name.replace("_", " "))
+        options.append((meta["flag"] or "--" + f.name.replace("_", "-"), f.name, dict(kwargs, help=meta["help"])))
+    return options
+
+
+TRAIN_OPTIONS = train_options()
 
 
 def method_in_argv(argv: list[str]) -> str:
@@ -210,8 +194,12 @@ def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
     tr.add_argument("--trust-code", action="store_true", help="with --resume: " + TRUST_HELP)
-    for flag, key, kwargs in TRAIN_OPTIONS:
-        tr.add_argument(flag, dest=f"cfg__{key}", default=argparse.SUPPRESS, **kwargs)
+    groups: dict[str, Any] = {}
+    for flag, key, kwargs in TRAIN_OPTIONS:   # grouped in --help as in TrainConfig's table
+        group = TrainConfig.__dataclass_fields__[key].metadata["group"]
+        if group not in groups:
+            groups[group] = tr.add_argument_group(group)
+        groups[group].add_argument(flag, dest=f"cfg__{key}", default=argparse.SUPPRESS, **kwargs)
     _add_method_params(tr, method)
 
     demo = sub.add_parser("demo", help="the main job on the shipped MNIST subset: train, evaluate, print a table",

@@ -9,6 +9,7 @@ values before any work starts, with a message that says what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,7 @@ LR_SCHEDULES = ("multistep", "piecewise", "cyclic", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam")
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+NORMS = ("linf", "l2")
 
 
 def parse_number(value: Any, what: str = "value") -> float:
@@ -43,53 +45,117 @@ def parse_number(value: Any, what: str = "value") -> float:
         raise ConfigError(f"{what}: cannot read {value!r} as a number (write e.g. 8/255 or 0.3)") from None
 
 
+def opt(default: Any, help: str, *, group: str, resume: bool = False, fit: bool = True, flag: str | None = "",
+        **cli: Any):
+    """A configuration key: its default and, for the table that the command line, ``fit``, the resume and
+    bench comparisons and the docs are generated from, its ``help``, ``group``, whether ``--resume`` may
+    change it (``resume``: it does not change the result), whether ``fit`` takes it by name, its flag
+    (``""``: ``--the-key``; None: none) and argparse's keyword arguments (``parse``: a converter's name in
+    :mod:`fastrobust.cli`)."""
+    meta = dict(help=help, group=group, resume=resume, fit=fit, flag=flag, cli=cli)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as ``config.yaml``."""
+    """Everything a training run depends on; saved as ``config.yaml``. One field per key, each with its
+    default, help, group and rules (see :func:`opt`): adding a key is one edit here."""
 
-    method: str = "pgd"
-    dataset: str = "mnist-subset"
-    data_dir: str | None = None
-    model: str | None = None            # default: mnist-cnn for 28x28 data, preact-resnet18 otherwise
-    model_options: dict = field(default_factory=dict)
-    normalize: str | list | None = None  # input normalisation: None (built-in models: the data set's; a user's
-                                         # package.module:factory model: none), "dataset", "none" or [mean, std]
-    epochs: int = 10
-    batch_size: int | None = None       # default: 100 for MNIST-like data, 128 otherwise
-    optimizer: str | None = None        # default: adam for MNIST-like data, sgd otherwise
-    lr: float | None = None             # peak learning rate; default 1e-3 (adam) or 0.05 (sgd)
-    momentum: float = 0.9
-    weight_decay: float | None = None   # default 0 (adam) or 5e-4 (sgd)
-    lr_schedule: str = "multistep"
-    lr_milestones: list | None = None   # epochs; default [0.5, 0.8] * epochs
-    lr_gamma: float = 0.1
-    lr_peak: float = 0.4                # cyclic: where the LR peaks, as a fraction of training (DEAT's FAST: 0.5)
-    norm: str = "linf"                  # threat model of training and evaluation: linf or l2
-    eps: float | None = None            # default from the dataset (L-inf: MNIST 0.3, CIFAR 8/255; L2: 2.0, 0.5)
-    alpha: float | None = None          # default from the method and dataset
-    eps_warmup: float | None = None     # epochs over which eps (and alpha) ramp up linearly from 0; default:
-                                        # default_eps_warmup(epochs), a fifth of training (0 = full eps at once)
-    method_params: dict = field(default_factory=dict)
-    val_size: int = 1000
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_steps: int = 10                 # PGD-k with CW loss on the validation split, for checkpoint selection
-    test_steps: int = 20                # PGD-k with CE loss on the test set, for summary.json
-    eval_batch_size: int = 500
-    seed: int = 0
-    out: str | None = None
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    grad_clip: float | None = None
-    sync_bn: bool = False               # SyncBatchNorm across processes (torchrun on GPUs)
-    dist_timeout: float = 1800.0        # seconds a process waits for the others in a collective
-    log: list = field(default_factory=list)  # loggers besides metrics.jsonl: "tensorboard" (in RUN/tensorboard)
-    guard: bool = False                 # on a collapse of validation robust accuracy: restore the best state and
-    #                                     strengthen the attack (engine/guard.py); off: the collapse is only marked
-    stream: bool = False                # read the training data when needed (a DataLoader with workers), not held
-    workers: int | None = None          # with stream: DataLoader worker processes (default: half the cores, 1..8)
+    # -- what is trained, on what ---------------------------------------------------------------------
+    method: str = opt("pgd", "training method (default pgd; see `fastrobust methods`)", group="method", metavar="NAME")
+    dataset: str = opt("mnist-subset", "mnist-subset (default, ships with the package), mnist, fashion-mnist, cifar10, "
+                       "cifar100, svhn, imagefolder, or your own as package.module:factory (see `fastrobust datasets`)",
+                       group="data", fit=False, metavar="NAME")
+    data_dir: str | None = opt(None, "folder holding the data set files (default $FASTROBUST_DATA or "
+                               "~/.cache/fastrobust); for imagefolder, the folder with train/ and test/",
+                               group="data", resume=True, fit=False, metavar="DIR")
+    model: str | None = opt(None, "architecture (default mnist-cnn for 28x28 gray data, preact-resnet18 otherwise; see "
+                            "`fastrobust models`), or your own as package.module:factory", group="model", metavar="NAME")
+    model_options: dict = opt({}, "a model option, repeatable, e.g. --model-opt width=16", group="model",
+                              flag="--model-opt", parse="model_opt", metavar="KEY=VALUE", action="append")
+    normalize: str | list | None = opt(
+        None, "input normalisation inside the model: 'dataset' (the data set's mean/std; the default for built-in "
+        "models), 'none' (the default for --model package.module:factory), or per-channel values like "
+        "0.49,0.48,0.45/0.25,0.24,0.26", group="model", parse="normalize", metavar="MEAN/STD")
+    # -- optimisation ---------------------------------------------------------------------------------
+    epochs: int = opt(10, "number of epochs (default 10)", group="optimisation", type=int, metavar="N")
+    batch_size: int | None = opt(None, "global minibatch size (default 100 for MNIST-like data, 128 otherwise)",
+                                 group="optimisation", type=int, metavar="N")
+    optimizer: str | None = opt(None, "default adam for MNIST-like data, sgd (momentum 0.9) otherwise",
+                                group="optimisation", choices=list(OPTIMIZERS))
+    lr: float | None = opt(None, "peak learning rate (default 1e-3 for adam, 0.05 for sgd)", group="optimisation",
+                           parse="number", metavar="LR")
+    momentum: float = opt(0.9, "SGD momentum (default 0.9)", group="optimisation", type=float, metavar="M")
+    weight_decay: float | None = opt(None, "default 5e-4 for sgd, 0 for adam", group="optimisation", type=float,
+                                     metavar="WD")
+    lr_schedule: str = opt("multistep", "multistep (= piecewise; x lr-gamma at each milestone, default), cyclic "
+                           "(triangle peaking at lr-peak of training), cosine, constant; updated every minibatch",
+                           group="optimisation", choices=list(LR_SCHEDULES))
+    lr_milestones: list | None = opt(None, "multistep milestones in epochs (default 50%% and 80%% of training)",
+                                     group="optimisation", parse="milestones", metavar="E1,E2")
+    lr_gamma: float = opt(0.1, "multistep decay factor (default 0.1)", group="optimisation", type=float, metavar="G")
+    lr_peak: float = opt(0.4, "cyclic: where the LR peaks, as a fraction of training (default 0.4, Wong et al.; "
+                         "DEAT's FAST setting 0.5)", group="optimisation", type=float, metavar="F")
+    grad_clip: float | None = opt(None, "clip the weight gradient norm", group="optimisation", type=float,
+                                  metavar="NORM")
+    # -- the threat model and the attack ---------------------------------------------------------------
+    norm: str = opt("linf", "threat model of training and evaluation (default linf)", group="threat model",
+                    choices=list(NORMS))
+    eps: float | None = opt(None, "radius in [0,1] pixel units, e.g. 8/255 or 0.3 (default L-inf: MNIST 0.3, "
+                            "CIFAR/SVHN 8/255; L2: MNIST 2.0, others 0.5)", group="threat model", parse="number",
+                            metavar="E")
+    alpha: float | None = opt(None, "attack step (default per method: pgd the recipe step, 2/255 on CIFAR, 0.01 on "
+                              "MNIST; fgsm-rs 1.25 eps; free eps)", group="threat model", parse="number", metavar="A")
+    eps_warmup: float | None = opt(None, "ramp eps (and alpha) linearly from 0 over this many epochs (default: a "
+                                   "fifth of the epochs; 0 = full eps from the first step)", group="threat model",
+                                   type=float, metavar="EPOCHS")
+    method_params: dict = opt({}, "the method's own parameters (flags of `fastrobust train --method M --help`)",
+                              group="method", fit=False, flag=None)
+    guard: bool = opt(False, "catastrophic-overfitting guard: when validation robust accuracy collapses (a fall "
+                      "from robustness it had reached while FGSM accuracy stays high), restore the best epoch's "
+                      "weights, optimizer and method state and train on with a stronger attack (twice the steps or "
+                      "replays at half the step; again while FGSM stays 15+ points above PGD after an epoch to "
+                      "adapt, at most twice); each event in metrics.jsonl and train.log. Without it a collapse is "
+                      "only marked (summary.json: collapsed, collapsed_epoch)", group="method", action="store_true")
+    # -- data splits and evaluation ---------------------------------------------------------------------
+    val_size: int = opt(1000, "held-out validation examples from the training set, for checkpoint selection "
+                        "(default 1000; 0 = none, best = last)", group="evaluation", type=int, metavar="N")
+    train_subset: int | None = opt(None, "train on a seeded random subset of N examples", group="data", type=int,
+                                   metavar="N")
+    test_subset: int | None = opt(None, "evaluate on a seeded random subset of N test examples", group="evaluation",
+                                  type=int, metavar="N")
+    val_steps: int = opt(10, "PGD steps (CW loss) of the per-epoch validation attack (default 10)",
+                         group="evaluation", type=int, metavar="K")
+    test_steps: int = opt(20, "PGD steps (CE loss) of the final test attack (default 20)", group="evaluation",
+                          type=int, metavar="K")
+    eval_batch_size: int = opt(500, "batch size of evaluation (default 500)", group="evaluation", type=int,
+                               metavar="N")
+    seed: int = opt(0, "random seed (default 0)", group="run", type=int, metavar="S")
+    # -- the run and the hardware ---------------------------------------------------------------------
+    out: str | None = opt(None, "run directory (default runs/METHOD-DATASET-TIME)", group="run", resume=True,
+                          metavar="DIR")
+    log: list = opt([], "also log each epoch's metrics to: tensorboard (into RUN/tensorboard; needs pip install "
+                    "\"fastrobust[tensorboard]\")", group="run", resume=True, parse="names", metavar="LOGGER")
+    device: str = opt("auto", "default auto (cuda if available)", group="hardware", resume=True,
+                      choices=list(DEVICES))
+    amp: str = opt("none", "mixed precision (GPU); default none (fp32)", group="hardware", choices=list(AMP_MODES))
+    channels_last: bool = opt(False, "channels_last memory format (GPU)", group="hardware", action="store_true")
+    compile: bool = opt(False, "torch.compile the model", group="hardware", action="store_true")
+    sync_bn: bool = opt(False, "under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global "
+                        "minibatch (default: each process normalises with its shard's statistics; running "
+                        "statistics are averaged over the processes after every step)", group="hardware",
+                        action="store_true")
+    dist_timeout: float = opt(1800.0, "under torchrun: how long a process waits for the others before the job stops "
+                              "with an error (default 1800)", group="hardware", resume=True, type=float,
+                              metavar="SECONDS")
+    stream: bool = opt(False, "read the training data when needed through a DataLoader with worker processes (an "
+                       "image folder is not decoded up front); default: the data is held in memory on the device",
+                       group="data", action="store_true")
+    workers: int | None = opt(None, "with --stream: DataLoader worker processes (default half the CPU cores, 1 to "
+                              "8; 0 = read in the training process)", group="data", resume=True, type=int,
+                              metavar="N")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -110,6 +176,44 @@ class TrainConfig:
                 )
             setattr(self, norm, check_type(norm, value, source))
         return self
+
+
+#: the keys that ``--resume`` (and a bench rerun) may change: they do not change the result
+RESUME_FREE = frozenset(f.name for f in fields(TrainConfig) if f.metadata["resume"])
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that treats 0.1 and 0.1000000001, 1 and 1.0, and a tuple and a list as the same setting."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def same_setting(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of configuration key ``key`` are the same setting, up to spelling
+    (``piecewise`` = ``multistep``, ``8/255`` = 0.0313..., a tuple = a list)."""
+    def norm(v):
+        if key == "lr_schedule" and v == "piecewise":
+            return "multistep"
+        if isinstance(v, str) and key in ("eps", "alpha", "lr"):
+            try:
+                return parse_number(v, key)
+            except ConfigError:
+                return v
+        return v
+    return same_value(norm(a), norm(b))
+
+
+def differences(values: dict, saved: dict, keys=None) -> list[str]:
+    """``"KEY was OLD, now NEW"`` for each result-changing key (of ``keys``, default all of ``values``) whose
+    value differs from a saved configuration's; a key newer than the saved file had its default there."""
+    return [f"{key} was {saved.get(key, _DEFAULTS[key])!r}, now {values[key]!r}"
+            for key in (values if keys is None else keys)
+            if key not in RESUME_FREE and not same_setting(key, saved.get(key, _DEFAULTS[key]), values[key])]
 
 
 _KIND_WORDS = {"int": "an integer", "float": "a number (e.g. 0.3 or 8/255)", "bool": "true or false",
@@ -188,7 +292,6 @@ def recipe_step(eps: float, steps: int, recipe_ratio: float) -> float:
 
 
 L2_EPS_SMALL, L2_EPS = 2.0, 0.5   # default L2 radii: 28x28 gray data (MNIST), other data (CIFAR)
-NORMS = ("linf", "l2")
 
 
 def recipe_ratio(norm: str, info) -> float:

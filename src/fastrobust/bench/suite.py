@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig, parse_number, resolve, validate
+from ..config import RESUME_FREE, TrainConfig, parse_number, resolve, same_setting, same_value, validate
 from ..errors import ConfigError
 
 TOP_KEYS = ("name", "description", "reference", "seeds", "common", "evaluation", "runs")
@@ -366,17 +366,6 @@ def _run(name: str, spec: Any, where: str) -> RunSpec:
     return RunSpec(name=name, method=method, params={k: v for k, v in resolved.items() if k in given}, config=config)
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Equality that treats 0.1 and 0.1000000001, and 1 and 1.0, as the same setting."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
-    return a == b
-
-
 def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
     """The settings in which a requested configuration differs from a run's saved (resolved) ``config.yaml``.
 
@@ -394,7 +383,7 @@ def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
     defaults = dataclasses.asdict(TrainConfig())
     out = []
     for key, value in values.items():
-        if key in ("out", "device", "data_dir", "dist_timeout", "workers") or (skip_defaults and value == defaults[key]):
+        if key in RESUME_FREE or (skip_defaults and value == defaults[key]):
             continue
         old = saved.get(key, defaults[key])   # a key newer than the run: the run had its default
         if key == "method_params" and isinstance(old, dict) and saved.get("method") == requested.method:
@@ -402,6 +391,6 @@ def config_differences(requested: TrainConfig, saved: dict) -> list[str]:
         if skip_defaults and isinstance(value, dict):
             old = old or {}
             out += [f"{key}.{k} was {old.get(k)!r}, now {v!r}" for k, v in value.items() if not same_value(old.get(k), v)]
-        elif not same_value(old, value):
+        elif not same_setting(key, old, value):
             out.append(f"{key} was {old!r}, now {value!r}")
     return out
