@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from fastrobust.attacks.compiled import input_grad_only, is_compiled
 from fastrobust.attacks.projection import ThreatModel, per_example
 
 #: ``objective(logits, against) -> scalar``: the summed loss an attack ascends (``against``: the labels,
@@ -56,7 +57,8 @@ def compacts(model, x: torch.Tensor) -> bool:
     where reading the mask on the host costs nothing and the stopped examples' forwards are saved, and only
     with the model in eval mode (in train mode a sub-batch would change BatchNorm's batch statistics). On an
     accelerator the batch is masked instead: static shapes, nothing for the device to wait on."""
-    return COMPACT_ON_CPU and x.device.type == "cpu" and not any(m.training for m in model.modules())
+    return COMPACT_ON_CPU and x.device.type == "cpu" and not any(m.training for m in model.modules()) \
+        and not is_compiled(model)   # compiled: static shapes (see fastrobust.attacks.compiled)
 
 
 def input_grad(model, x_adv: torch.Tensor, against: torch.Tensor,
@@ -64,7 +66,8 @@ def input_grad(model, x_adv: torch.Tensor, against: torch.Tensor,
     """Gradient of ``objective`` w.r.t. the input ``x_adv`` only (the model's parameters get none), and the
     detached logits."""
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)
+    with input_grad_only(model):   # a compiled model's traced backward: the input gradient alone
+        logits = model(x_adv)
     (grad,) = torch.autograd.grad(objective(logits, against), x_adv)
     return grad, logits.detach()
 

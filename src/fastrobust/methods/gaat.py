@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks import THREAT_MODELS, ThreatModel, preserved_mode
+from ..attacks.compiled import eager, input_grad_only
 from ..attacks.kernel import ascend
 from ..attacks.projection import per_example
 from .base import BACKWARD, FORWARD, Batch, Component, Param
@@ -91,7 +92,10 @@ def _losses_and_grads(model, x, delta, y, rows=None):
     if rows is not None:
         x, delta, y = x[rows], delta[rows], y[rows]
     ds = delta.detach().requires_grad_(True)
-    losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
+    if rows is not None:   # a sub-batch of data-dependent size: the eager module (no graph per size when compiled)
+        model = eager(model)
+    with input_grad_only(model):
+        losses = torch.nn.functional.cross_entropy(model(x + ds).float(), y, reduction="none")
     (grad,) = torch.autograd.grad(losses.sum(), ds)
     return losses.detach(), grad
 
@@ -159,7 +163,7 @@ class _Taylor:
         refresh the anchors of the examples whose remainder exceeds tau."""
         st, n, g_j, loss_j, curv = self.st, len(x), self.g_j, self.loss_j, self.curv
         ds = delta.detach().requires_grad_(self.check_graph)
-        with torch.set_grad_enabled(self.check_graph):
+        with torch.set_grad_enabled(self.check_graph), input_grad_only(self.model):
             losses = torch.nn.functional.cross_entropy(self.model(x + ds).float(), y, reduction="none")
         change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if self.order == 2 else 0.0)
         rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
