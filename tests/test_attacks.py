@@ -101,6 +101,7 @@ def test_random_net_perturbation_is_feasible(name):
     assert not torch.equal(x_adv, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ATTACKS)
 def test_trained_model_perturbation_is_feasible_and_effective(name, trained):
     model, x, y = trained

@@ -159,6 +159,7 @@ def runs(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_report_table_csv_and_plots(runs, tmp_path):
     rows, unfinished, _ = collect([runs / "pgd", runs / "mdeat", runs / "free", runs / "broken"])
     assert [r.name for r in rows] == ["pgd", "mdeat", "free"] and unfinished == [str(runs / "broken")]
@@ -182,6 +183,7 @@ def test_report_table_csv_and_plots(runs, tmp_path):
     assert float(f["pgd_20_ce_summary_json_pct"]) == pytest.approx(50.0)
 
 
+@pytest.mark.slow
 def test_report_command(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["report", str(runs / "pgd"), str(runs / "mdeat"), "--out", str(out), "--reference", "mdeat"]) == 0
@@ -196,6 +198,7 @@ def test_report_command(runs, tmp_path, capsys):
     assert "holds no runs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_of_a_bench_folder_uses_its_reference(runs, tmp_path):
     (runs / "bench.json").write_text(json.dumps({"suite": "x", "reference": "mdeat", "runs": ["mdeat", "pgd"]}))
     rows, unfinished, suggested = collect([runs])
@@ -233,6 +236,7 @@ def test_dry_run_shows_the_plan_and_writes_nothing(capsys, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_accuracies_on_other_test_images_are_not_compared(runs, tmp_path):
     path = runs / "mdeat" / "eval.json"
     path.write_text(path.read_text().replace('"n": 100', '"n": 50'))
@@ -381,6 +385,7 @@ def _mean_std(values):
     return statistics.fmean(values), statistics.stdev(values)
 
 
+@pytest.mark.slow
 def test_seeds_of_a_run_become_one_row_with_mean_and_std(seeded, tmp_path):
     from fastrobust.bench import SeedGroup, group_runs
 
@@ -448,6 +453,7 @@ def test_one_seed_of_a_run_and_repeated_seeds_stay_plain_rows(seeded, tmp_path):
     assert [i.name for i in group_runs(rows)] == ["pgd", "pgd-s1"]
 
 
+@pytest.mark.slow
 def test_report_command_over_several_seeds(seeded, tmp_path, capsys):
     out = tmp_path / "cmp"
     dirs = [str(seeded / n) for n in ("pgd", "pgd-s1", "pgd-s2", "mdeat", "mdeat-s1")]
@@ -465,6 +471,7 @@ def test_report_command_over_several_seeds(seeded, tmp_path, capsys):
     assert "Reference: pgd (pgd)" in md and "| mdeat " in md
 
 
+@pytest.mark.slow
 def test_frontier_draws_error_bars_for_several_seeds(seeded, tmp_path, monkeypatch):
     from matplotlib.container import ErrorbarContainer
 
@@ -501,6 +508,7 @@ def test_frontier_draws_error_bars_for_several_seeds(seeded, tmp_path, monkeypat
     assert "pgd (mean of 3 seeds)" in [t.get_text() for t in val_ax.get_legend().get_texts()]
 
 
+@pytest.mark.slow
 def test_a_bench_folder_keeps_its_order_with_the_seeds_of_each_run_together(seeded, tmp_path):
     from fastrobust.bench import group_runs
 
@@ -561,6 +569,7 @@ def test_suite_aa_subset_is_checked():
         parse_suite(base + "evaluation: {attacks: [clean, aa], aa_subset: 100}\n", "x")
 
 
+@pytest.mark.slow
 def test_keep_runs_copies_the_records_without_checkpoints_and_they_report(runs, tmp_path):
     import importlib.util
 

@@ -13,6 +13,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "fastrobust", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_help_explains_commands():
     r = run_cli("--help")
     assert r.returncode == 0
@@ -48,6 +49,7 @@ def test_flags_and_config_file(tmp_path):
     (["--model", "resnet9000"], "unknown model"),
     (["--method", "pgd", "--replays", "3"], "--replays is not a parameter of method pgd (it is one of"),
 ])
+@pytest.mark.slow
 def test_bad_values_refused_cleanly(tmp_path, args, words):
     out = tmp_path / "run"
     r = run_cli("train", "--out", str(out), "--no-progress", *args)
@@ -56,6 +58,7 @@ def test_bad_values_refused_cleanly(tmp_path, args, words):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_config_key_refused(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epoch: 3\n")
@@ -63,6 +66,7 @@ def test_bad_config_key_refused(tmp_path):
     assert r.returncode == 2 and "unknown configuration key 'epoch'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_train_command_writes_outputs(tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "--method", "fgsm-rs", "--epochs", "1", "--train-subset", "200", "--val-size", "100",

@@ -381,6 +381,7 @@ def test_imagefolder_needs_data_dir():
         load_dataset("imagefolder")
 
 
+@pytest.mark.slow
 def test_imagefolder_real_cifar10_jpeg(tmp_path):
     archive = shared("cifar10-jpeg") / "cifar10-jpeg.tar.gz"
 

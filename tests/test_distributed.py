@@ -76,6 +76,7 @@ PGD_ARGS = ["--method", "pgd", "--steps", "2", "--epochs", "1", "--train-subset"
             "--eval-batch-size", "30", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_torchrun_matches_one_process_in_cost_and_evaluation(tmp_path):
     proc = torchrun(["-m", "fastrobust", "train", *PGD_ARGS, "--out", "two"], tmp_path)
     assert proc.returncode == 0, output(proc)[-4000:]
@@ -130,6 +131,7 @@ def probed_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_processes_hold_identical_weights_and_take_identical_mplus_decisions(probed_run):
     ranks = [jsonl(probed_run / "probe" / f"rank{r}.jsonl") for r in (0, 1)]
     assert [r["epoch"] for r in ranks[0]] == [0, 1, 2]
@@ -146,6 +148,7 @@ def test_processes_hold_identical_weights_and_take_identical_mplus_decisions(pro
     assert [m["grad_magnitude"] for m in metrics] == [r["state"]["grad_magnitude"] for r in ranks[0]]
 
 
+@pytest.mark.slow
 def test_every_method_runs_unchanged_with_identical_processes(tmp_path):
     """Each method's probe, 2 epochs in a process group the script made itself (train() joins it)."""
     proc = torchrun([str(WORKER), "all-methods", str(tmp_path)], tmp_path, PROBE_DIR=str(tmp_path))
@@ -160,6 +163,7 @@ def test_every_method_runs_unchanged_with_identical_processes(tmp_path):
         assert summary["world_size"] == 2 and summary["passes_per_example"] > 0, name
 
 
+@pytest.mark.slow
 def test_failing_rank_ends_the_job_and_resume_under_torchrun_continues_exactly(probed_run, tmp_path):
     # rank 1 raises at its second batch of the third epoch; rank 0 is then waiting for it in a collective
     proc = torchrun([str(WORKER), *PROBE_ARGS, "--out", "run"], tmp_path, PROBE_DIR=str(tmp_path), PROBE_FAIL="2,1,1")
@@ -185,6 +189,7 @@ def test_failing_rank_ends_the_job_and_resume_under_torchrun_continues_exactly(p
         assert a[key] == b[key], key
 
 
+@pytest.mark.slow
 def test_setup_error_is_shown_once_and_every_process_exits(tmp_path):
     proc = torchrun(["-m", "fastrobust", "train", "--method", "pgd", "--batch-size", "51", "--epochs", "1",
                      "--train-subset", "100", "--out", "bad", "--no-progress"], tmp_path)

@@ -94,6 +94,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     kw = dict(method="free", epochs=3, method_params={"replays": 2}, seed=3)
     train(_cfg(tmp_path, "full", **kw), progress=False, echo=lambda s: None)
@@ -158,6 +159,7 @@ def test_foreign_or_corrupted_checkpoint_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_short_real_training_run_gains_robustness(tmp_path):
     """PGD-AT on 4,000 real MNIST images of the shipped subset for 4 epochs.
 

@@ -151,6 +151,7 @@ class ModeNet(nn.Module):
         return self.body(x)
 
 
+@pytest.mark.slow
 def test_model_mode_parameters_gradients_and_global_rng_are_unchanged(tiny):
     _, x, y = tiny
     model = ModeNet()
@@ -247,6 +248,7 @@ def test_bad_inputs_are_refused(tiny):
 
 # -- AutoAttack end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_autoattack_standard_runs_end_to_end_on_a_handful_of_examples(tiny):
     model, x, y = tiny
     result = quiet_evaluate(model, x[:6], y[:6], attacks="clean,pgd20,aa", eps=0.15)

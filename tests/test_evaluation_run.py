@@ -42,6 +42,7 @@ def test_split():
     return take_subset(load_dataset("mnist-subset").test, TEST, seed=0)
 
 
+@pytest.mark.slow
 def test_our_pgd20_and_autoattack_apgd_ce_agree(run):
     out, summary = run
     result = quiet(evaluate_checkpoint, out, attacks="clean,pgd20,apgd-ce", cascade=False, out=out / "agree.json")
@@ -52,6 +53,7 @@ def test_our_pgd20_and_autoattack_apgd_ce_agree(run):
     assert result["attacks"]["apgd-ce"]["settings"]["apgd_iterations"] == 100
 
 
+@pytest.mark.slow
 def test_robust_accuracy_never_rises_with_more_steps_or_restarts(run, test_split):
     model = fastrobust.load_model(run[0])
     # a fixed step: PGD-K's first K steps are PGD-k's for k < K (same seed, same batches)
@@ -69,6 +71,7 @@ def test_robust_accuracy_never_rises_with_more_steps_or_restarts(run, test_split
     assert model.training is False
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_uses_the_runs_test_split_and_writes_eval_json(run, test_split):
     out, summary = run
     assert summary["test_attack"].startswith("PGD-20 CE")    # train's summary keeps its own PGD-20 number
@@ -152,6 +155,7 @@ def test_api_refuses_bad_input_before_loading_data(run):
         evaluate_checkpoint(out / "missing.pt")
 
 
+@pytest.mark.slow
 def test_demo_prints_autoattack_accuracy_on_a_test_subset(tmp_path):
     from fastrobust.demo import run_demo
 
@@ -165,6 +169,7 @@ def test_demo_prints_autoattack_accuracy_on_a_test_subset(tmp_path):
     assert saved["n"] == 10 and saved["robust_accuracy"] == summaries[0]["aa_acc"]
 
 
+@pytest.mark.slow
 def test_demo_prints_gaat_and_mdeat_next_to_pgd(tmp_path):
     from fastrobust.demo import run_demo
 

@@ -62,6 +62,7 @@ def _reload_in_subprocess(run, x, tmp_path):
     return torch.load(tmp_path / "y.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,params", [("pgd", {"steps": 2}), ("mdeat", {})])
 def test_fit_own_model_and_dataset_reloads_in_new_process(tmp_path, method, params):
     torch.manual_seed(0)
@@ -103,6 +104,7 @@ def test_fit_forms_of_data(tmp_path):
     assert "160 train / 40 val / 0 test" in log
 
 
+@pytest.mark.slow
 def test_fit_unimportable_model_and_load_into_given_module(tmp_path):
     class LocalNet(SmallNet):   # defined in a function: no other process can import it
         pass

@@ -65,6 +65,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert re.search(r"^total \d+ s \(target on one H100/H200: 480 s; ratio \d+\.\d\d\)$", out, re.M)
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_bad_input_and_a_machine_without_cuda(tmp_path):
     bad = run_script("--bogus")
     assert bad.returncode == 2 and "unknown argument --bogus" in bad.stderr

@@ -50,6 +50,7 @@ def run(tmp_path, *extra):
     return out, metrics, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_without_the_guard_a_collapse_is_marked(tmp_path, scripted):
     out, metrics, summary = run(tmp_path)
     assert summary["collapsed"] is True and summary["collapsed_epoch"] == 3 and summary["guard_events"] == []
@@ -60,6 +61,7 @@ def test_without_the_guard_a_collapse_is_marked(tmp_path, scripted):
             "stayed at 70.0%; marked only") in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guard", [False, True])
 def test_without_the_guard_a_marked_epoch_stays_a_candidate_for_the_best_checkpoint(tmp_path, monkeypatch, guard):
     """The mark changes nothing in the delivered model: the best validation epoch is kept even when marked (epoch
@@ -71,6 +73,7 @@ def test_without_the_guard_a_marked_epoch_stays_a_candidate_for_the_best_checkpo
     assert [e["epoch"] for e in summary["guard_events"]] == ([2] if guard else [])
 
 
+@pytest.mark.slow
 def test_the_guard_restores_the_best_state_and_strengthens_the_attack(tmp_path, scripted):
     out, metrics, summary = run(tmp_path, "--guard")
     event = metrics[2]["guard"]
@@ -83,6 +86,7 @@ def test_the_guard_restores_the_best_state_and_strengthens_the_attack(tmp_path, 
     assert summary["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 2   # 0.60 stays the best
 
 
+@pytest.mark.slow
 def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monkeypatch):
     """At the collapse the weights are those of the best epoch (checked on last.pt written at that epoch)."""
     saved = {}
@@ -98,6 +102,7 @@ def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monke
     assert not all(torch.equal(saved[4][k], saved[2][k]) for k in saved[2])  # and training went on from there
 
 
+@pytest.mark.slow
 def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_path, monkeypatch):
     """Catastrophic overfitting before any robustness: PGD accuracy near 0 while FGSM's is high."""
     script_validation(monkeypatch, [(0.0, 0.0), (0.0, 0.05), (0.02, 0.80), (0.01, 0.85), (0.0, 0.9)])
@@ -106,6 +111,7 @@ def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_pa
     assert metrics[2]["val_fgsm_acc"] == 0.80 and metrics[4]["guard_boost"] == 2   # the boost used in epoch 5
 
 
+@pytest.mark.slow
 def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path, monkeypatch):
     """The remembered state is epoch 1 (0% PGD). Epoch 3 collapses at 1% (no better): restored. Epochs 4 and 5
     climb back (9, 19% PGD) but FGSM still barely hurts them: kept, not rolled back, with a stronger attack each."""
@@ -128,6 +134,7 @@ def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path,
     assert "is clearly below it" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_guard_acts_from_the_last_warm_up_epoch_and_strengthens_again_while_the_fgsm_gap_stays(
         tmp_path, monkeypatch):
     """--eps-warmup 2: epoch 1 (half eps) is not judged by the FGSM gap, epoch 2 (ends at full eps) is: MNIST

@@ -27,6 +27,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_l2_run_records_its_threat_model(run):
     cfg = fastrobust.config.load_yaml(run / "config.yaml")
     summary = json.loads((run / "summary.json").read_text())

@@ -178,6 +178,7 @@ def test_the_graph_sees_the_imports():
     assert ("fastrobust.attacks", True) in GRAPH["fastrobust.engine.validation"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["lowest-first", "highest-first"])
 def test_every_module_imports_in_a_fresh_interpreter(order):
     names = sorted(MODULES, key=layer, reverse=order == "highest-first")

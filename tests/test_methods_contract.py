@@ -74,6 +74,7 @@ def test_state_dict_resumes_exactly(name):
     assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_help_lists_the_methods_own_parameters(name):
     """`fastrobust train --method NAME --help` shows each of the method's parameters with its own default,

@@ -100,6 +100,7 @@ def test_gaat_trains_and_reports_its_statistics():
     assert len(calls) == 2 * 2                                            # one weight step per minibatch
 
 
+@pytest.mark.slow
 def test_gaat_through_the_engine(tmp_path):
     cfg = TrainConfig(method="gaat", method_params={"steps": 5}, epochs=2, train_subset=300, val_size=100,
                       test_subset=100, out=str(tmp_path / "run"), device="cpu")

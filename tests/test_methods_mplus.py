@@ -237,6 +237,7 @@ def _engine_run(tmp_path, method):
     return summary, records
 
 
+@pytest.mark.slow
 def test_engine_mdeat_costs_the_sum_of_r(tmp_path):
     summary, records = _engine_run(tmp_path, "mdeat")
     assert [r["r"] for r in records][:2] == [1, 2]

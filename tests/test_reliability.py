@@ -67,6 +67,7 @@ def leftovers(run):
 
 # ---------------------------------------------------------------- one writer per run folder
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones_lock(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -135,6 +136,7 @@ def test_two_trainings_into_one_folder_at_once(tmp_path):
 
 # ---------------------------------------------------------------- the NaN stop
 
+@pytest.mark.slow
 def test_diverged_training_stops_saves_nothing_non_finite_and_reports_no_accuracy(tmp_path):
     run = tmp_path / "run"
     rc, _, err = train(run, "--optimizer", "sgd", "--lr", "1e6", epochs=3)
@@ -153,6 +155,7 @@ def test_diverged_training_stops_saves_nothing_non_finite_and_reports_no_accurac
     assert not (run / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_diverged_first_epoch_leaves_no_checkpoint_and_a_restartable_folder(tmp_path):
     run = tmp_path / "run"
     rc, _, err = train(run, "--method", "pgd", "--steps", "3", "--optimizer", "sgd", "--lr", "1e6",
@@ -170,6 +173,7 @@ def test_diverged_first_epoch_leaves_no_checkpoint_and_a_restartable_folder(tmp_
     assert epochs_of(run) == [1]
 
 
+@pytest.mark.slow
 def test_eval_flags_a_model_with_non_finite_logits(tmp_path):
     run = tmp_path / "run"
     assert train(run)[0] == 0
@@ -236,6 +240,7 @@ def test_kill_before_the_first_checkpoint_restarts_cleanly(tmp_path):
     assert epochs_of(run) == [1] and leftovers(run) == []
 
 
+@pytest.mark.slow
 def test_fresh_train_continues_a_folder_that_has_no_checkpoint_with_the_same_settings(tmp_path):
     run = tmp_path / "run"
     assert train(run)[0] == 0
@@ -255,6 +260,7 @@ def test_fresh_train_continues_a_folder_that_has_no_checkpoint_with_the_same_set
     ("method_params: [1]", ["method_params must be a mapping", "method_params: {steps: 10}"]),
     ("model_options: 5", ["model_options must be a mapping", "model_options: {width: 16}"]),
 ])
+@pytest.mark.slow
 def test_bad_yaml_types_in_config(tmp_path, text, words):
     (tmp_path / "c.yaml").write_text(text + "\n")
     rc, _, err = train(tmp_path / "run", "--config", tmp_path / "c.yaml")
@@ -262,6 +268,7 @@ def test_bad_yaml_types_in_config(tmp_path, text, words):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", ["drop=[0.5", 'x=!!python/object/apply:os.system ["touch PWNED"]'])
 def test_bad_model_opt_values(tmp_path, opt):
     rc, _, err = fr("train", *TINY, "--model-opt", opt, "--out", tmp_path / "run", cwd=tmp_path)
@@ -269,6 +276,7 @@ def test_bad_model_opt_values(tmp_path, opt):
     assert not (tmp_path / "run").exists() and not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_out_an_existing_file_or_unwritable(tmp_path):
     (tmp_path / "afile").write_text("x")
     rc, _, err = train(tmp_path / "afile")
@@ -278,6 +286,7 @@ def test_out_an_existing_file_or_unwritable(tmp_path):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_out_on_a_read_only_location(tmp_path):
     ro = Path("/sys/fastrobust-test")
     if not os.path.ismount("/sys"):
@@ -286,6 +295,7 @@ def test_out_on_a_read_only_location(tmp_path):
     assert_clean_error(rc, err, "cannot write", "writable location")
 
 
+@pytest.mark.slow
 def test_eval_out_unwritable_is_refused_before_any_attack(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert train(run)[0] == 0
@@ -331,6 +341,7 @@ def test_torch_zip_writer_failure_is_reported_as_a_full_disk(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_compares_every_given_flag_even_a_default(tmp_path):
     run = tmp_path / "run"
     assert train(run)[0] == 0
@@ -340,6 +351,7 @@ def test_resume_compares_every_given_flag_even_a_default(tmp_path):
     assert rc == 0, err
 
 
+@pytest.mark.slow
 def test_amp_fp16_on_the_cpu_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
@@ -348,6 +360,7 @@ def test_amp_fp16_on_the_cpu_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_subset_larger_than_the_data_says_so_and_records_the_real_number(tmp_path):
     run = tmp_path / "run"
     rc, out, err = train(run, "--train-subset", "100000", "--test-subset", "100000", "--method", "natural")

@@ -110,6 +110,7 @@ def _weights(run):
     return load_checkpoint(run / "last.pt")["model"]
 
 
+@pytest.mark.slow
 def test_a_generated_image_folder_streams_and_trains_as_the_in_memory_path(tmp_path):
     root = _write_folder(tmp_path / "folder")
     kw = dict(method="pgd", dataset="imagefolder", data_dir=str(root), model="preact-resnet18",
@@ -153,6 +154,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_streamed_run_resumes_exactly(tmp_path, monkeypatch):
     from fastrobust.engine import checkpoint as ckpt_mod
 
@@ -175,6 +177,7 @@ def test_a_streamed_run_resumes_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_stream_options_on_the_command_line(tmp_path, capsys):
     from fastrobust.cli import main
 
@@ -192,6 +195,7 @@ def test_stream_options_on_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_stream_a_user_dataset(tmp_path):
     pytest.importorskip("torch.distributed")
     from test_distributed import output, torchrun
@@ -213,6 +217,7 @@ def test_torchrun_two_processes_stream_a_user_dataset(tmp_path):
     assert abs(two["test_clean_acc"] - one["test_clean_acc"]) <= 0.1
 
 
+@pytest.mark.slow
 def test_eval_of_a_streamed_folder_run_decodes_no_training_image(tmp_path):
     from fastrobust.evaluation import evaluate_checkpoint
 
@@ -238,6 +243,7 @@ class _RandomTransform(torch.utils.data.Dataset):
         return (torch.full((1, 4, 4), 0.5) + noise).clamp(0, 1), i % 2
 
 
+@pytest.mark.slow
 def test_a_datasets_own_random_transforms_depend_on_seed_epoch_and_example_not_on_workers():
     split = to_lazy_split(_RandomTransform(), "train_data")
 

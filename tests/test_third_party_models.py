@@ -52,6 +52,7 @@ def _logits_in_new_process(path, tmp_path) -> torch.Tensor:
     return torch.load(tmp_path / "y.pt")
 
 
+@pytest.mark.slow
 def test_factory_model_end_to_end(tmp_path):
     out = tmp_path / "run"
     lines = []
@@ -115,6 +116,7 @@ def test_model_errors_name_the_users_class(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_num_classes_as_a_model_option(tmp_path):
     base = ["train", "--method", "natural", "--epochs", "1", "--dataset", "mnist-subset", "--train-subset", "200",
             "--val-size", "50", "--test-subset", "50", "--val-steps", "2", "--test-steps", "2", "--no-progress"]

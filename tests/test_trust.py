@@ -65,6 +65,7 @@ def _cli_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
 
 
+@pytest.mark.slow
 def test_own_run_reloads_in_a_new_process_a_copy_elsewhere_needs_trust(own_run, tmp_path):
     script = f"import fastrobust; fastrobust.load_model({str(own_run)!r}); print('ok')"
     done = subprocess.run([sys.executable, "-c", script], env=_cli_env(), capture_output=True, text=True)
@@ -89,6 +90,7 @@ def test_allow_list_by_environment_and_by_file(own_run, tmp_path, monkeypatch):
     fastrobust.load_model(copy)
 
 
+@pytest.mark.slow
 def test_planted_checkpoint_reference_runs_nowhere(own_run, tmp_path):
     copy = _received(own_run, tmp_path)
     marker = tmp_path / "PWNED"
@@ -109,6 +111,7 @@ def test_planted_checkpoint_reference_runs_nowhere(own_run, tmp_path):
     assert not trust.remembered(copy, EVIL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["model", "dataset"])
 def test_planted_config_reference_runs_nowhere(own_run, tmp_path, key, monkeypatch):
     monkeypatch.setenv(trust.TRUSTED_ENV, "user_nets")   # the run's own model: only the planted code is refused
@@ -138,6 +141,7 @@ def test_planted_export_reference_runs_nowhere(own_run, tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_export_snippet_shows_the_call(own_run, tmp_path):
     rc, out, err = fr("export", own_run, "--out", tmp_path / "e", cwd=tmp_path)
     assert rc == 0, err
@@ -156,6 +160,7 @@ def test_resume_naming_the_model_again_is_trust(own_run, tmp_path):
 
 # ---- never write over what fastrobust did not write ----
 
+@pytest.mark.slow
 def test_training_refuses_a_folder_of_the_users_files(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -187,6 +192,7 @@ def test_resume_does_not_append_through_a_symlink(own_run, tmp_path):
     assert outside.read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(own_run, tmp_path):
     before = {p.name: p.read_bytes() for p in own_run.iterdir() if p.is_file() and p.name != LOCK_NAME}
     rc, out, err = fr("train", "--resume", "--out", own_run, "--no-progress")
@@ -197,6 +203,7 @@ def test_resume_of_a_finished_run_changes_nothing(own_run, tmp_path):
 
 # ---- our own words ----
 
+@pytest.mark.slow
 def test_binary_config_is_one_line(own_run, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(bytes(range(256)) * 4)
@@ -209,6 +216,7 @@ def test_binary_config_is_one_line(own_run, tmp_path):
         assert_clean_error(rc, err, "not a text (UTF-8) file")
 
 
+@pytest.mark.slow
 def test_unreadable_or_refused_checkpoint_gives_no_unsafe_advice(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(4096))

@@ -85,6 +85,7 @@ def test_floats_off_the_8bit_grid_are_rounded_with_a_warning():
     assert (split.x.float() / 255 - x).abs().max() <= 0.5 / 255 + 1e-7
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_with_user_model_and_data(tmp_path):
     pytest.importorskip("torch.distributed")
     import os

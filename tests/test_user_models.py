@@ -30,6 +30,7 @@ def _quiet(cfg):
     return train(cfg, progress=False, echo=lambda s: None)
 
 
+@pytest.mark.slow
 def test_factory_model_trains_and_reloads_in_a_new_process(tmp_path):
     out = tmp_path / "run"
     code = main(["train", *f"--method pgd --steps 1 --dataset mnist-subset --train-subset 200 --val-size 50 "
@@ -93,6 +94,7 @@ def test_cli_bad_factory_exit_2(tmp_path, capsys):
     assert code == 2 and err.startswith("fastrobust: error: --model 'nowhere_pkg:net'") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_unimportable_model_says_what_to_pass(tmp_path):
     cfg = TrainConfig(**TINY, model="user_nets:make_net", out=str(tmp_path / "r"))
     _quiet(cfg)
