@@ -86,3 +86,9 @@ define("mdeat", "M+DEAT (DEAT's main method): Free-style replay of each minibatc
        "(by default); r grows by the M+ rule on the last replay's input-gradient magnitude, with a constant step "
        "(default 1.25 eps, the paper's 10/255). Cost r per example in each epoch.",
        attack=ReplayStart(), schedule=MPlus("r", start=1, maximum=8, floor=False), alpha=1.25, minibatch=replay_minibatch)
+
+# ---- the FastAT Benchmark's leaders: each a Method of its own (methods/leaders.py says why each does not compose)
+from . import leaders  # noqa: E402
+from .registry import register_method  # noqa: E402
+
+register_method(leaders.GradAlign)

@@ -1,0 +1,307 @@
+"""The FastAT Benchmark's leaders (docs/methods.md, "The FastAT Benchmark's leaders"): single-step methods
+each with its own start, attack objective or regulariser, written from their papers' rules.
+
+None of them is attack x loss x schedule, and each is therefore a :class:`Method` of its own:
+
+* GradAlign's regulariser is a second input gradient at another point, kept in the graph (double backprop);
+* NuAT and GAT attack with an objective that alternates by minibatch and needs the clean logits, and their
+  weight step reuses the clean forward the attack already made (one clean forward instead of two);
+* FGSM-RS-CS adds a term on the loss at the random start, whose graph the attack's forward already holds,
+  and whose sign depends on the last epoch's mean of that loss;
+* ZeroGrad's masked step could be a step of ``ascend`` (it is), but its attack alone would not change the
+  composition; it is here with the others for one place.
+
+Every attack step runs :func:`fastrobust.attacks.kernel.ascend` where the graph need not be kept, and
+reports passes as the contract counts them (forward 1/3, backward 2/3; a double backprop's second backward
+through the model is one more backward, 2/3). All are one step: the collapse guard cannot strengthen them
+(:meth:`strengthen` returns None).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..attacks import preserved_mode
+from ..attacks.kernel import ascend, summed_ce
+from ..attacks.projection import per_example
+from ..errors import ConfigError
+from .base import BACKWARD, FORWARD, Batch, Method, Param, StepOutput
+from .inputs import _unprojected
+from .losses import cross_entropy
+
+
+class SingleStep(Method):
+    """What the leaders share: a default step ``alpha_factor`` x eps, no strengthening, and a state of a
+    minibatch counter and the epochs done (restored by ``load_state_dict``)."""
+
+    alpha_factor: float = 1.0
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.boost = 0
+        self.counter = 0     # minibatches trained (the alternation of NuAT and GAT)
+        self.epoch = 0       # epochs done
+
+    @classmethod
+    def default_alpha(cls, eps, recipe_ratio, params):
+        return cls.alpha_factor * eps
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epoch = epoch + 1
+
+    def strengthen(self, min_level: int = 1) -> str | None:
+        return None          # one attack step by design: no level to raise
+
+    def state_dict(self) -> dict:
+        return {"counter": self.counter, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counter, self.epoch = state["counter"], state["epoch"]
+
+
+# ---- GradAlign ---------------------------------------------------------------------------------------
+
+class GradAlign(SingleStep):
+    name = "gradalign"
+    description = ("GradAlign (Andriushchenko & Flammarion, NeurIPS 2020): FGSM from x (zero start, step alpha, "
+                   "default eps) and the regulariser lambda (1 - cos(grad at x, grad at x + eta)), eta uniform in "
+                   "the eps-ball, through a double backprop. Cost 11/3.")
+    params = (Param("lam", float, 0.2, "lambda, the weight of the gradient-alignment term (the paper's 0.2 at CIFAR-10 "
+                    "eps 8/255; it grows with eps)", minimum=0.0),)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n = len(x)
+        with torch.enable_grad():
+            # FGSM from x: its input gradient at x is also the regulariser's first gradient (the same point)
+            delta, grad1, passes = ascend(model, x, torch.zeros_like(x), 1, batch.alpha, eps, tm, y, keep_grad=True)
+            logits = model((x + delta).clamp(0, 1))
+            loss = cross_entropy(logits, y)
+            passes += n * FORWARD
+            if self.lam > 0:
+                noisy = (x + tm.random_delta(x, eps)).requires_grad_(True)
+                (grad2,) = torch.autograd.grad(summed_ce(model(noisy), y), noisy, create_graph=True)
+                loss = loss + self.lam * (1 - _cosine(grad1, grad2))
+                passes += n * (FORWARD + BACKWARD + BACKWARD)   # forward, backward with graph, its backward
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * BACKWARD)
+
+
+def _cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """The mean cosine of the per-example gradients, over the examples where both are non-zero (as the paper's
+    code); 1 (no regularisation) when there is none."""
+    a, b = g1.flatten(1), g2.flatten(1)
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    keep = (na > 0) & (nb > 0)
+    cos = (a * b).sum(1) / (na * nb).clamp_min(1e-30)
+    return torch.where(keep, cos, torch.zeros_like(cos)).sum() / keep.sum().clamp_min(1) + (~keep.any()).float()
+
+
+# ---- ZeroGrad ----------------------------------------------------------------------------------------
+
+class ZeroGrad(SingleStep):
+    name = "zerograd"
+    description = ("ZeroGrad (Golgooni et al., arXiv 2021): FGSM from a uniform random start whose input-gradient "
+                   "components below each example's q-quantile of |gradient| are zeroed before the step (size "
+                   "alpha, default 2 eps), projected onto the eps-ball. Cost 2.")
+    params = (Param("q", float, 0.35, "the per-example quantile of |input gradient| below which its components are "
+                    "zeroed", minimum=0.0),)
+    alpha_factor = 2.0
+
+    @classmethod
+    def check_config(cls, eps, alpha, params):
+        if not params["q"] < 1:
+            raise ConfigError(f"method zerograd: q must be below 1 (the share of components zeroed), got {params['q']}")
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        q = self.q
+
+        def masked_step(delta, grad, alpha, x, eps):
+            return tm.step(delta, grad * (grad.abs() >= _quantile_rows(grad.abs(), q)), alpha, x, eps)
+
+        with torch.enable_grad():
+            delta, _, passes = ascend(model, x, tm.random_delta(x, eps), 1, batch.alpha, eps, tm, y, step=masked_step)
+        logits = model(x + delta)
+        loss = cross_entropy(logits, y)
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + len(x))
+
+
+def _quantile_rows(a: torch.Tensor, q: float) -> torch.Tensor:
+    """Each example's q-quantile of ``a`` (linear interpolation, as ``torch.quantile``), shaped to broadcast;
+    by order statistics, so without ``torch.quantile``'s size limit."""
+    flat = a.flatten(1).float()
+    d = flat.shape[1]
+    pos = q * (d - 1)
+    lo = int(pos)
+    low = flat.kthvalue(lo + 1, dim=1).values
+    high = flat.kthvalue(min(lo + 2, d), dim=1).values if pos > lo else low
+    return per_example((low + (pos - lo) * (high - low)).to(a.dtype), a)
+
+
+# ---- NuAT and GAT ------------------------------------------------------------------------------------
+
+class CleanGuided(SingleStep):
+    """NuAT's and GAT's minibatch: a Bernoulli start of +-eps/2 per component, one signed step of size alpha
+    (default eps) on CE + lambda_attack x the regulariser between the clean and the perturbed outputs (lambda_attack
+    on odd minibatches, 0 on even ones, as the papers alternate), projected; then one weight step on
+    CE(f(x), y) + lambda x the same regulariser between f(x) and f(x_adv). The clean forward, in train mode, is
+    made once: detached it is the attack's target, with its graph the weight step's term (the weights do not
+    change between). Cost 1/3 (clean) + 1 (attack) + 1/3 (x_adv) + 4/3 (the two backwards) = 3."""
+
+    attack_eval = False
+
+    def reg(self, clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """The regulariser summed over the batch (divided by n for the weight step's mean)."""
+        raise NotImplementedError
+
+    def lam_now(self) -> float:
+        raise NotImplementedError
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n, lam = len(x), self.lam_now()
+        clean = model(x)
+        target = clean.detach()
+        lam_attack = lam if self.counter % 2 == 1 else 0.0
+
+        def objective(logits, y):
+            ce = summed_ce(logits, y)
+            return ce + lam_attack * self.reg(target, logits) if lam_attack else ce
+
+        start = tm.project(0.5 * eps * torch.randint_like(x, 2).mul_(2).sub_(1), x, eps)
+        with preserved_mode(model, self.attack_eval), torch.enable_grad():
+            delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, objective=objective)
+        logits = model(x + delta)
+        loss = cross_entropy(clean, y)
+        if lam:
+            loss = loss + lam * self.reg(clean, logits) / n
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 2 * BACKWARD))
+
+
+class NuAT(CleanGuided):
+    name = "nuat"
+    description = ("NuAT (Sriramanan et al., NeurIPS 2021): Bernoulli +-eps/2 start, one step on CE + lambda "
+                   "||f(x_adv) - f(x)||_* (the nuclear norm of the batch's logit differences; every other "
+                   "minibatch), then CE(f(x), y) + lambda ||f(x_adv) - f(x)||_* / n; lambda rises linearly from 0 "
+                   "by lam_max/epochs per epoch. Cost 3.")
+    params = (Param("lam_max", float, 4.0, "lambda after the last epoch (it rises by lam_max/epochs per epoch from "
+                    "0); the FastAT Benchmark's CIFAR-10 value", minimum=0.0),)
+
+    def lam_now(self):
+        return self.lam_max * self.epoch / self.ctx.epochs
+
+    def reg(self, clean, adv):
+        return torch.linalg.matrix_norm(adv.float() - clean.float(), ord="nuc")
+
+    def state(self):
+        return {"lambda": self.lam_max * (self.epoch - 1) / self.ctx.epochs} if self.epoch else {}
+
+
+class GAT(CleanGuided):
+    name = "gat"
+    description = ("GAT, guided adversarial training (Sriramanan et al., NeurIPS 2020): Bernoulli +-eps/2 start, "
+                   "one step (model in eval mode) on CE + lambda ||p(x) - p(x_adv)||^2 (softmax outputs; every "
+                   "other minibatch), then CE(f(x), y) + lambda ||p(x) - p(x_adv)||^2 (mean over the batch). "
+                   "Cost 3.")
+    params = (Param("lam", float, 10.0, "lambda, the weight of the squared L2 distance of the softmax outputs",
+                    minimum=0.0),)
+    attack_eval = True
+
+    def lam_now(self):
+        return self.lam
+
+    def reg(self, clean, adv):
+        return (F.softmax(clean.float(), 1) - F.softmax(adv.float(), 1)).pow(2).sum()
+
+
+# ---- FGSM-RS-CS (ConvergeSmooth) ---------------------------------------------------------------------
+
+class FGSMRSCS(SingleStep):
+    name = "fgsm-rs-cs"
+    description = ("FGSM-RS-CS, ConvergeSmooth on FGSM-RS (Zhao et al., ICCV 2023): one step of size alpha "
+                   "(default eps) from x + eta, eta uniform in the eps-ball, not projected back (as the authors' "
+                   "code); CE on targets smoothed to p_y = smooth, plus the oscillatory constraint: where the "
+                   "minibatch's loss at x + eta, l, differs from the last epoch's mean by more than gamma, "
+                   "+w l (above) or -w l (below). Cost 2, 8/3 in the epochs where the constraint applies.")
+    params = (Param("gamma", float, 0.03, "the largest change of the loss at the random start from the last "
+                    "epoch's mean that goes unconstrained", minimum=0.0),
+              Param("w", float, 1.0, "the weight of the constraint term", minimum=0.0),
+              Param("smooth", float, 0.6, "the target probability of the true class (the rest shared equally)",
+                    minimum=0.0),
+              Param("stride", int, 1, "the constraint applies from epoch stride + 2 on (1-based), up to the last "
+                    "stride epochs", minimum=0))
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.prev = None          # the last epoch's mean loss at the random start
+        self.sums = torch.zeros(2, dtype=torch.float64, device=ctx.input_std.device)
+
+    def constrained(self) -> bool:
+        """Whether the constraint applies in this epoch (0-based t): stride < t < epochs - stride (and a last
+        epoch's mean exists)."""
+        return self.prev is not None and self.stride < self.epoch < self.ctx.epochs - self.stride
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n = len(x)
+        start = (x + tm.random_delta(x, eps)).detach()
+        kept = {}
+
+        def gradient(k, x0, delta, y):   # the start's forward, its graph kept for the constraint
+            point = (x0 + delta).requires_grad_(True)
+            kept["logits"] = logits = model(point)
+            (grad,) = torch.autograd.grad(summed_ce(logits, y), point, retain_graph=True)
+            return grad, logits
+
+        with torch.enable_grad():
+            point, _, passes = ascend(model, torch.zeros_like(x), start, 1, batch.alpha, eps, tm, y,
+                                      gradient=gradient, step=_unprojected(tm))
+        logits = model(point.clamp_(0, 1))
+        targets = self._targets(y, logits.shape[1])
+        loss = _soft_ce(logits, targets)
+        at_start = _soft_ce(kept["logits"], targets)
+        passes += n * (FORWARD + BACKWARD)
+        if self.constrained():
+            change = at_start.detach() - self.prev
+            sign = torch.where(change.abs() > self.gamma, change.sign(), torch.zeros_like(change))
+            loss = loss + self.w * sign * at_start
+            passes += n * BACKWARD      # the backward through the start's forward (also when its sign is 0)
+        self.sums += torch.stack([at_start.detach().double() * n, torch.tensor(n, dtype=torch.float64,
+                                                                                device=self.sums.device)])
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes)
+
+    def _targets(self, y, classes):
+        rest = (1 - self.smooth) / max(classes - 1, 1)
+        return torch.full((len(y), classes), rest, device=y.device).scatter_(1, y[:, None], self.smooth)
+
+    def on_epoch_end(self, epoch):
+        super().on_epoch_end(epoch)
+        total, seen = self.ctx.all_reduce_sum(self.sums).tolist()
+        self.sums = torch.zeros_like(self.sums)
+        if seen:
+            self.prev = total / seen
+
+    def state(self):
+        return {"start_loss": self.prev} if self.prev is not None else {}
+
+    def state_dict(self):
+        return {**super().state_dict(), "prev": self.prev, "sums": self.sums.cpu()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.prev = state["prev"]
+        self.sums = state["sums"].to(self.sums.device)
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets, in float32."""
+    return -(targets * F.log_softmax(logits.float(), 1)).sum(1).mean()
