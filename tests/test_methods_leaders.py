@@ -38,3 +38,87 @@ def test_gradalign_trains_on_fgsm_from_x():
     method.train_batch(model, Batch(x, y, EPS, EPS), step)
     expected = (x + EPS * grad.sign()).clamp(0, 1)
     assert torch.allclose(seen[0], x) and torch.allclose(seen[1], expected)
+
+
+def counted(model):
+    fwd, bwd = ForwardCounter(model), ForwardCounter(model, backward=True)
+    return lambda: fwd.examples / 3 + 2 * bwd.examples / 3
+
+
+def test_zerograd_quantile_is_torchs_and_the_small_components_take_no_step():
+    from fastrobust.methods.leaders import _quantile_rows
+
+    a = torch.rand(5, 3, 7, 7)
+    for q in (0.0, 0.35, 0.5, 0.99):
+        assert torch.allclose(_quantile_rows(a, q).flatten(), torch.quantile(a.flatten(1), q, dim=1))
+    model, method, step, _ = make_method("zerograd")
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    x, y = synthetic(24)
+    x = x * 0.5 + 0.25   # away from the pixel box, so the start is not clipped
+    method.train_batch(model, Batch(x, y, EPS, 2 * EPS), step)
+    start, x_adv = seen
+    moved = (x_adv - start).abs() > 1e-7
+    share_still = 1 - moved.flatten(1).float().mean(1)
+    assert (share_still >= 0.35 - 1 / 16).all()        # at least the q-quantile of 16 components stays
+    assert (x_adv - x).abs().max() <= EPS + 1e-6        # projected onto the eps-ball
+
+
+def test_nuat_lambda_rises_linearly_and_the_attack_alternates():
+    model, method, step, _ = make_method("nuat", epochs=4, lam_max=4.0)
+    assert method.lam_now() == 0.0
+    for epoch in range(3):
+        method.on_epoch_end(epoch)
+        assert method.lam_now() == pytest.approx(4.0 * (epoch + 1) / 4)
+    assert method.state() == {"lambda": pytest.approx(2.0)}
+    x, y = synthetic(24)
+    count = counted(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert method.train_batch(model, Batch(x, y, EPS, EPS), step).passes == pytest.approx(3 * 24) == count()
+
+
+def test_nuat_regulariser_is_the_batch_nuclear_norm():
+    from fastrobust.methods.leaders import NuAT
+
+    a, b = torch.randn(8, 3), torch.randn(8, 3)
+    assert NuAT.reg(None, a, b).item() == pytest.approx(torch.linalg.svdvals(b - a).sum().item(), rel=1e-5)
+
+
+def test_gat_attacks_in_eval_mode_and_trains_on_clean_ce_plus_the_softmax_distance():
+    model, method, step, _ = make_method("gat")
+    modes = []
+    model.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    x, y = synthetic(24)
+    method.train_batch(model, Batch(x, y, EPS, EPS), step)
+    assert modes == [True, False, True]     # clean (train), attack (eval), x_adv (train)
+
+
+@pytest.mark.parametrize("stride", [0, 1])
+def test_fgsm_rs_cs_constraint_applies_in_its_epochs_and_is_counted(stride):
+    model, method, step, _ = make_method("fgsm-rs-cs", epochs=4, stride=stride)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        count = counted(model)
+        states, passes = run_epochs(model, method, step, 4)
+        assert sum(passes) * 48 == pytest.approx(count())
+    on = [stride < t < 4 - stride and t > 0 for t in range(4)]
+    assert passes == [pytest.approx(8 / 3 if o else 2) for o in on]
+    assert states[0]["start_loss"] > 0
+
+
+def test_fgsm_rs_cs_constraint_sign():
+    """Above the last epoch's mean by more than gamma: + w l; below: - w l; within: nothing."""
+    model, method, _, _ = make_method("fgsm-rs-cs", epochs=4, stride=0, gamma=0.0)
+    x, y = synthetic(24)
+    method.epoch = 1
+    grads = {}
+    for prev in (-1.0, None, 10.0):
+        torch.manual_seed(3)
+        method.prev = prev
+        model.zero_grad()
+        method.train_batch(model, Batch(x, y, EPS, EPS), lambda loss, wrt=None: loss.backward())
+        grads[prev] = next(model.parameters()).grad.clone()
+    # the three differ by the start's gradient: +g (above), 0, -g (below): symmetric around the unconstrained one
+    assert torch.allclose(grads[-1.0] - grads[None], grads[None] - grads[10.0], atol=1e-6)
+    assert not torch.allclose(grads[-1.0], grads[None])

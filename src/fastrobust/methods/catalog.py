@@ -92,3 +92,7 @@ from . import leaders  # noqa: E402
 from .registry import register_method  # noqa: E402
 
 register_method(leaders.GradAlign)
+register_method(leaders.ZeroGrad)
+register_method(leaders.NuAT)
+register_method(leaders.GAT)
+register_method(leaders.FGSMRSCS)

@@ -151,7 +151,8 @@ class CleanGuided(SingleStep):
     on odd minibatches, 0 on even ones, as the papers alternate), projected; then one weight step on
     CE(f(x), y) + lambda x the same regulariser between f(x) and f(x_adv). The clean forward, in train mode, is
     made once: detached it is the attack's target, with its graph the weight step's term (the weights do not
-    change between). Cost 1/3 (clean) + 1 (attack) + 1/3 (x_adv) + 4/3 (the two backwards) = 3."""
+    change between). Cost 1/3 (clean) + 1 (attack) + 1/3 (x_adv) + 4/3 (the two backwards) = 3; 1 while lambda
+    is 0 (NuAT's first epoch: clean training, and no attack is run, since no loss would read it)."""
 
     attack_eval = False
 
@@ -166,6 +167,11 @@ class CleanGuided(SingleStep):
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
         n, lam = len(x), self.lam_now()
         clean = model(x)
+        if not lam:   # NuAT's first epoch: the weight step is CE(f(x), y) alone and reads no attack: none is run
+            loss = cross_entropy(clean, y)
+            step(loss)
+            self.counter += 1
+            return StepOutput(loss.detach(), clean.detach(), float(n))
         target = clean.detach()
         lam_attack = lam if self.counter % 2 == 1 else 0.0
 
@@ -177,9 +183,7 @@ class CleanGuided(SingleStep):
         with preserved_mode(model, self.attack_eval), torch.enable_grad():
             delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, objective=objective)
         logits = model(x + delta)
-        loss = cross_entropy(clean, y)
-        if lam:
-            loss = loss + lam * self.reg(clean, logits) / n
+        loss = cross_entropy(clean, y) + lam * self.reg(clean, logits) / n
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 2 * BACKWARD))
@@ -190,7 +194,8 @@ class NuAT(CleanGuided):
     description = ("NuAT (Sriramanan et al., NeurIPS 2021): Bernoulli +-eps/2 start, one step on CE + lambda "
                    "||f(x_adv) - f(x)||_* (the nuclear norm of the batch's logit differences; every other "
                    "minibatch), then CE(f(x), y) + lambda ||f(x_adv) - f(x)||_* / n; lambda rises linearly from 0 "
-                   "by lam_max/epochs per epoch. Cost 3.")
+                   "by lam_max/epochs per epoch. Cost 3 (1 in the first epoch, lambda 0: clean training, no "
+                   "attack).")
     params = (Param("lam_max", float, 4.0, "lambda after the last epoch (it rises by lam_max/epochs per epoch from "
                     "0); the FastAT Benchmark's CIFAR-10 value", minimum=0.0),)
 
@@ -227,9 +232,10 @@ class FGSMRSCS(SingleStep):
     name = "fgsm-rs-cs"
     description = ("FGSM-RS-CS, ConvergeSmooth on FGSM-RS (Zhao et al., ICCV 2023): one step of size alpha "
                    "(default eps) from x + eta, eta uniform in the eps-ball, not projected back (as the authors' "
-                   "code); CE on targets smoothed to p_y = smooth, plus the oscillatory constraint: where the "
-                   "minibatch's loss at x + eta, l, differs from the last epoch's mean by more than gamma, "
-                   "+w l (above) or -w l (below). Cost 2, 8/3 in the epochs where the constraint applies.")
+                   "code); CE on targets smoothed to p_y = smooth (reported as KL: CE less the targets' entropy), "
+                   "plus the oscillatory constraint: where the minibatch's loss at x + eta, l, differs from the last "
+                   "epoch's mean by more than gamma, +w l (above) or -w l (below). Cost 2, 8/3 in the epochs where "
+                   "the constraint applies.")
     params = (Param("gamma", float, 0.03, "the largest change of the loss at the random start from the last "
                     "epoch's mean that goes unconstrained", minimum=0.0),
               Param("w", float, 1.0, "the weight of the constraint term", minimum=0.0),
@@ -303,5 +309,8 @@ class FGSMRSCS(SingleStep):
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against soft targets, in float32."""
-    return -(targets * F.log_softmax(logits.float(), 1)).sum(1).mean()
+    """Mean cross-entropy against soft targets less their entropy, in float32: KL(targets || softmax(logits)),
+    the same gradient as the cross-entropy, and 0 at its optimum (the reported loss falls to 0, not to the
+    targets' entropy)."""
+    log_t = targets.clamp_min(1e-30).log()
+    return (targets * (log_t - F.log_softmax(logits.float(), 1))).sum(1).mean()
