@@ -22,7 +22,7 @@ from fastrobust.config import TrainConfig, recipe_step
 from fastrobust.engine import load_checkpoint, train
 from fastrobust.engine.distributed import Dist, global_batch_sizes, shard_weight
 from fastrobust.engine.validation import evaluate_sharded
-from fastrobust.engine.trainer import _prepare_for, prepare
+from fastrobust.engine.prepare import prepare, prepare_for
 from fastrobust.errors import ConfigError
 from fastrobust.methods import list_methods
 
@@ -216,10 +216,10 @@ def test_distributed_checks_name_the_problem_and_fix():
     two = Dist(rank=0, world_size=2)
     base = dict(method="natural", epochs=1, train_subset=100, val_size=50, test_subset=50)
     with pytest.raises(ConfigError, match="must be divisible by 2"):
-        _prepare_for(TrainConfig(**base, batch_size=51), two, torch.device("cpu"))
+        prepare_for(TrainConfig(**base, batch_size=51), two, torch.device("cpu"))
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA GPUs"):
-        _prepare_for(TrainConfig(**base, sync_bn=True), two, torch.device("cpu"))
-    assert _prepare_for(TrainConfig(**base, sync_bn=True), Dist(), torch.device("cpu")).cfg.sync_bn
+        prepare_for(TrainConfig(**base, sync_bn=True), two, torch.device("cpu"))
+    assert prepare_for(TrainConfig(**base, sync_bn=True), Dist(), torch.device("cpu")).cfg.sync_bn
 
 
 def test_single_process_dist_is_the_identity():
@@ -239,7 +239,7 @@ def test_distributed_options_on_the_command_line_and_their_checks():
     cfg = config_from_args(build_parser().parse_args(["train", "--sync-bn", "--dist-timeout", "90"]))
     assert cfg.sync_bn is True and cfg.dist_timeout == 90.0
     assert TrainConfig().sync_bn is False and TrainConfig().dist_timeout == 1800.0
-    resolved = _prepare_for(TrainConfig(method="natural", epochs=1, train_subset=50, val_size=10, test_subset=10),
+    resolved = prepare_for(TrainConfig(method="natural", epochs=1, train_subset=50, val_size=10, test_subset=10),
                             Dist(), torch.device("cpu")).cfg
     resolved.dist_timeout = 0
     with pytest.raises(ConfigError, match="dist_timeout must be a number of seconds > 0"):

@@ -109,7 +109,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
             if len(saved) == 1:
                 raise Killed("killed after epoch 1")
 
-    monkeypatch.setattr("fastrobust.engine.trainer.save_checkpoint", save_then_die)
+    monkeypatch.setattr("fastrobust.engine.persist.save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(_cfg(tmp_path, "killed", **kw), progress=False, echo=lambda s: None)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
@@ -195,7 +195,7 @@ def test_resume_accepts_the_parameters_the_run_was_started_with(tmp_path):
 
 def test_a_run_saved_before_a_parameter_existed_resumes_as_it_behaved_then(tmp_path):
     # an M+ run saved before `step_rule` existed stepped eps/K: resumed, it must not switch to today's default
-    from fastrobust.engine.trainer import _merge_for_resume
+    from fastrobust.engine.rundir import merge_for_resume as _merge_for_resume
 
     cfg = _cfg(tmp_path, "old-mpgd", method="mpgd", epochs=2)
     out = tmp_path / "old-mpgd"

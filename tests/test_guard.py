@@ -3,7 +3,7 @@ in tests/test_guard_training.py."""
 
 import torch
 
-from fastrobust.engine.guard import COLLAPSE_DROP, Guard, collapsed
+from fastrobust.engine.guard import COLLAPSE_DROP, MIN_BOOSTED_LEVEL, Guard, collapsed
 from helpers import make_method, run_epochs
 
 
@@ -182,13 +182,13 @@ def test_each_strengthening_doubles_the_level_at_least_to_four_and_the_step_stay
     x = torch.zeros(2, 1, 28, 28)
     batch = Batch(x, torch.zeros(2, dtype=torch.long), 0.3, 0.375)
     assert method.level_and_step(batch) == (1, 0.375)
-    method.strengthen()
+    method.strengthen(MIN_BOOSTED_LEVEL)
     assert method.level_and_step(batch) == (4, 0.09375)       # 2x, raised to the floor of 4, the same reach
     method.schedule_.level = 2
     assert method.level_and_step(batch) == (4, 0.1875)
     method.schedule_.level = 3                                # the schedule raises r later in the run
     assert method.level_and_step(batch) == (6, 0.1875)
-    method.strengthen()
+    method.strengthen(MIN_BOOSTED_LEVEL)
     assert method.level_and_step(batch) == (12, 0.09375)
     method.schedule_.level = 1
     assert method.level_and_step(batch) == (8, 0.046875)       # the floor doubles too: each strengthening does

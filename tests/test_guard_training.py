@@ -90,13 +90,13 @@ def test_the_guard_restores_the_best_state_and_strengthens_the_attack(tmp_path, 
 def test_the_guard_restores_exactly_what_best_pt_holds(tmp_path, scripted, monkeypatch):
     """At the collapse the weights are those of the best epoch (checked on last.pt written at that epoch)."""
     saved = {}
-    real_save = trainer._save_checkpoints
+    real_save = trainer.save_epoch
 
     def save(run, record, improved):
         real_save(run, record, improved)
         saved[record["epoch"]] = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
 
-    monkeypatch.setattr(trainer, "_save_checkpoints", save)
+    monkeypatch.setattr(trainer, "save_epoch", save)
     run(tmp_path, "--guard")
     assert all(torch.equal(saved[3][k], saved[2][k]) for k in saved[2])      # epoch 3 ended on epoch 2's weights
     assert not all(torch.equal(saved[4][k], saved[2][k]) for k in saved[2])  # and training went on from there
@@ -117,13 +117,13 @@ def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path,
     climb back (9, 19% PGD) but FGSM still barely hurts them: kept, not rolled back, with a stronger attack each."""
     script_validation(monkeypatch, [(0.0, 0.01), (0.0, 0.02), (0.01, 0.84), (0.09, 0.84), (0.19, 0.86)])
     saved = {}
-    real_save = trainer._save_checkpoints
+    real_save = trainer.save_epoch
 
     def save(run, record, improved):
         real_save(run, record, improved)
         saved[record["epoch"]] = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
 
-    monkeypatch.setattr(trainer, "_save_checkpoints", save)
+    monkeypatch.setattr(trainer, "save_epoch", save)
     out, metrics, summary = run(tmp_path, "--guard")
     events = summary["guard_events"]
     assert [(e["epoch"], e["restored_epoch"]) for e in events] == [(3, 1), (4, None), (5, None)]

@@ -18,7 +18,7 @@ PACKAGE = Path(fastrobust.__file__).parent
 # the package's name). evaluation.runs evaluates a run folder (checkpoints, data): it sits above the engine.
 LAYERS = [
     ("fastrobust", "fastrobust.errors", "fastrobust.config", "fastrobust.factories", "fastrobust.runfolder",
-     "fastrobust.trust"),
+     "fastrobust.trust", "fastrobust.timing"),
     ("fastrobust.attacks",),
     ("fastrobust.data", "fastrobust.models"),
     ("fastrobust.methods",),

@@ -192,7 +192,7 @@ def test_eval_flags_a_model_with_non_finite_logits(tmp_path):
 
 KILL_WHILE_WRITING = textwrap.dedent("""
     import os, signal, sys
-    import fastrobust.engine.trainer as t, fastrobust.engine.checkpoint as c
+    import fastrobust.engine.persist as t, fastrobust.engine.checkpoint as c
     target = sys.argv[1]
     def dying(path, payload):
         if path.name == target:   # killed halfway through the write: a temporary file stays behind

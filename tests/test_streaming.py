@@ -168,10 +168,10 @@ def test_a_streamed_run_resumes_exactly(tmp_path, monkeypatch):
         if path.name == "last.pt" and payload["epoch"] == 1:
             raise Killed()
 
-    monkeypatch.setattr("fastrobust.engine.trainer.save_checkpoint", save_then_die)
+    monkeypatch.setattr("fastrobust.engine.persist.save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(TrainConfig(**kw, out=str(tmp_path / "killed")), **QUIET)
-    monkeypatch.setattr("fastrobust.engine.trainer.save_checkpoint", real_save)
+    monkeypatch.setattr("fastrobust.engine.persist.save_checkpoint", real_save)
     train(TrainConfig(**kw, out=str(tmp_path / "killed")), resume=True, **QUIET)
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -31,7 +31,7 @@ from torch import nn
 from fastrobust.attacks import kernel
 from fastrobust.config import TrainConfig
 from fastrobust.data import loader as loader_mod
-from fastrobust.engine import trainer
+from fastrobust.engine import loop, trainer
 from fastrobust.methods import list_methods
 
 METHODS = [cls.name for cls in list_methods()]
@@ -260,10 +260,8 @@ def test_fp16_replay_step_reads_no_scale_on_the_host(monkeypatch):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    run = SimpleNamespace(cfg=SimpleNamespace(grad_clip=None), dist=SimpleNamespace(enabled=False,
-                          average_buffers=lambda m: None), opt=opt, scaler=scaler, loss_weight=1.0,
-                          params=list(model.parameters()), raw_model=model)
-    step = engine_modules("_make_step")[0]._make_step(run)
+    dist = SimpleNamespace(enabled=False, average_buffers=lambda m: None)
+    step = loop.Stepper(opt, scaler, list(model.parameters()), model, dist)
     x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 3
     x1 = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(nn.functional.cross_entropy(model(x1), y), x1)
@@ -272,7 +270,7 @@ def test_fp16_replay_step_reads_no_scale_on_the_host(monkeypatch):
     x2 = x.clone().requires_grad_(True)
     with counter.window(new_iteration=True):
         grad = step(nn.functional.cross_entropy(model(x2), y), wrt=x2)
-    lines = open(engine_modules("_make_step")[0].__file__).read().splitlines()
+    lines = open(loop.__file__).read().splitlines()
     places = [key.split(" ")[0] for key in counter.per_iteration[0]]
     assert all("scaler.step(opt)" in lines[int(p.rsplit(":", 1)[1]) - 1] for p in places), places
     assert torch.allclose(grad, expected)

@@ -4,19 +4,14 @@ A reference names an importable callable; :func:`call_factory` imports it,
 passes the user's keyword arguments plus the ones fastrobust can supply that
 the callable declares (e.g. ``num_classes``, also given to a callable taking ``**kwargs``), and turns every failure into a
 one-line :class:`~fastrobust.errors.ConfigError` that says what to fix.
-
-:func:`bind` lets Python code (``fastrobust.fit``) stand a callable in for a
-reference within the current process, so the engine builds the user's own
-object while the run records a name that another process can import.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import trust
@@ -24,37 +19,14 @@ from .errors import ConfigError, FastrobustError
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
-#: references bound in this process to a callable (see :func:`bind`)
-_BOUND: dict[str, Callable[..., Any]] = {}
-
 
 def is_factory_ref(name: object) -> bool:
     """Whether ``name`` has the form ``package.module:callable``."""
     return isinstance(name, str) and ":" in name
 
 
-def bind(ref: str, fn: Callable[..., Any]) -> contextlib.AbstractContextManager:
-    """Within the ``with`` block, :func:`resolve` returns ``fn`` for ``ref`` in this process."""
-
-    @contextlib.contextmanager
-    def scope() -> Iterator[None]:
-        previous = _BOUND.get(ref)
-        _BOUND[ref] = fn
-        try:
-            yield
-        finally:
-            if previous is None:
-                _BOUND.pop(ref, None)
-            else:
-                _BOUND[ref] = previous
-
-    return scope()
-
-
 def resolve(ref: str, what: str) -> Callable[..., Any]:
     """The callable named ``ref`` (``package.module:attr.path``); ``what`` (e.g. "--model") names the option."""
-    if ref in _BOUND:
-        return _BOUND[ref]
     trust.check(ref, what)   # a reference read from a folder: imported only when trusted
     if not _REF.match(ref):
         raise ConfigError(f"{what} {ref!r}: expected package.module:callable (e.g. mypkg.nets:make_net)")

@@ -1,14 +1,16 @@
 """``fastrobust.fit``: adversarially train your own model on your own data.
 
-The model and the data are handed to the same engine as ``fastrobust train``:
-the data is converted into the in-memory splits (:mod:`fastrobust.data.user`)
-and the model stands in, within this process, for a ``package.module:callable``
-reference (:func:`fastrobust.factories.bind`). The run folder records that
-reference (the model's class when another process can import it), so
-``fastrobust.load_model(run_dir)`` rebuilds the model elsewhere.
+The model and the data are handed to the same engine as ``fastrobust train``
+(``train(cfg, model=..., data=...)``): the data converted into the in-memory splits
+(:mod:`fastrobust.data.user`), the model as it is. The run folder records a
+``package.module:callable`` reference for each (the model's class when another process
+can import it), so ``fastrobust.load_model(run_dir)`` rebuilds the model elsewhere.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import inspect
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,15 +20,18 @@ from torch import nn
 
 from .config import TrainConfig
 from .errors import ConfigError, DataError, FastrobustError
-from .factories import bind, call_factory, is_factory_ref, ref_of_class
+from .factories import call_factory, is_factory_ref, ref_of_class
 
 #: the reference a run of :func:`fit` records for its data: given from Python, not stored
 DATA_REF = "fastrobust.fitting:data"
 #: recorded for a model whose class another process cannot import (defined in __main__ or in a function)
 UNIMPORTABLE_MODEL_REF = "fastrobust.fitting:unimportable_model"
 
-_NOT_CONFIG = {"model", "dataset", "data_dir", "method_params", "model_options", "normalize", "out", "epochs", "method",
-               "eps", "batch_size", "optimizer", "lr"}
+def _fit_keys() -> list[str]:
+    """The configuration keys ``fit`` takes by name: those of the table that ``fit`` accepts (see
+    :func:`fastrobust.config.opt`) and that are not its own arguments."""
+    own = set(inspect.signature(fit).parameters)
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["fit"] and f.name not in own]
 
 
 def fit(model: nn.Module | str, train_data, *, method: str = "pgd", eps: float | str | None = None, epochs: int = 10,
@@ -74,11 +79,10 @@ def fit(model: nn.Module | str, train_data, *, method: str = "pgd", eps: float |
     if factory is not None and not is_factory_ref(factory):
         raise ConfigError(f"fit: factory must name an importable callable as 'package.module:callable' (e.g. "
                           f"'torchvision.models:resnet18'), got {factory!r}")
-    bad = sorted(set(options) & _NOT_CONFIG)
-    unknown = sorted(set(options) - set(TrainConfig.keys()))
-    if bad or unknown:
-        raise ConfigError(f"fit: unknown argument(s) {', '.join(bad + unknown)}; fit takes the options of "
-                          f"`fastrobust train` by name: {', '.join(sorted(set(TrainConfig.keys()) - _NOT_CONFIG))}")
+    unknown = sorted(set(options) - set(_fit_keys()))
+    if unknown:
+        raise ConfigError(f"fit: unknown argument(s) {', '.join(unknown)}; fit takes the options of "
+                          f"`fastrobust train` by name: {', '.join(sorted(_fit_keys()))}")
     if isinstance(model, Classifier):   # a fastrobust model: train its network, keep its normalisation
         if normalize is None:
             normalize = [model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()]
@@ -122,8 +126,7 @@ def fit(model: nn.Module | str, train_data, *, method: str = "pgd", eps: float |
                       method_params=dict(method_params or {}), out=None if out is None else str(out))
     cfg.update(options, "fit")
     try:
-        with bind(ref, lambda **_: model), bind(DATA_REF, lambda **_: data):
-            return train(cfg, resume=resume, progress=progress, echo=echo, callbacks=callbacks)
+        return train(cfg, resume=resume, progress=progress, echo=echo, callbacks=callbacks, model=model, data=data)
     finally:
         model.train(was_training)
 

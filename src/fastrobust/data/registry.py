@@ -120,9 +120,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     data sets, small enough to be held, are wrapped as they are).
     """
     if stream:
-        data = _load(name, data_dir, download, progress, stream=True)
-        return Data(data.info, *(None if s is None else lazy(s) for s in (data.train, data.test, data.val)), data.notes)
+        return streamed(_load(name, data_dir, download, progress, stream=True))
     return _load(name, data_dir, download, progress)
+
+
+def streamed(data: Data) -> Data:
+    """``data`` with each split a :class:`~.stream.LazySplit` (``--stream``: its images read when needed)."""
+    return Data(data.info, *(None if s is None else lazy(s) for s in (data.train, data.test, data.val)), data.notes)
 
 
 def _load(name, data_dir, download, progress, stream: bool = False) -> Data:

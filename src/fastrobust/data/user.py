@@ -49,7 +49,7 @@ def load_factory(ref: str, data_dir: str | None = None, stream: bool = False) ->
     "test": ..., "validation": ..., "facts": {...}}``: :func:`_from_mapping`). With ``stream``, splits are
     read item by item when needed (:func:`to_lazy_split`)."""
     result = call_factory(ref, "--dataset", {}, {"data_dir": data_dir})
-    if isinstance(result, Data):   # already converted (fastrobust.fit)
+    if isinstance(result, Data):   # already converted (a factory returning fastrobust Data)
         return result
     if isinstance(result, Mapping):
         return _from_mapping(result, f"--dataset {ref!r}", ref, stream)

@@ -196,9 +196,12 @@ def normalization(name: str, info, normalize=None) -> tuple[list[float], list[fl
     return mean, std
 
 
-def build_model(spec: dict):
-    """A fresh model from a :func:`model_spec` (unknown names or options raise ConfigError)."""
-    from ..models import create_model
+def build_model(spec: dict, net=None):
+    """A fresh model from a :func:`model_spec` (unknown names or options raise ConfigError).
+
+    ``net``: the network itself (``fit``'s model, which ``spec`` names for other processes), wrapped
+    with the spec's input normalisation instead of being built."""
+    from ..models import Classifier, create_model
 
     options = dict(spec["options"])
     for key in ("num_classes", "in_channels", "image_size"):   # given as model options too: they must agree
@@ -208,17 +211,20 @@ def build_model(spec: dict):
                     (list(spec[key]) if isinstance(spec[key], (list, tuple)) else spec[key]):
                 raise ConfigError(f"model option {key}={value!r} disagrees with the data ({key} {spec[key]!r}); "
                                   f"drop the option (fastrobust passes the data's {key} to the model)")
+    if net is not None:
+        return Classifier(net, tuple(spec["mean"]), tuple(spec["std"]))
     return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                         image_size=tuple(spec["image_size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]),
                         **options)
 
 
-def check_model(spec: dict) -> None:
+def check_model(spec: dict, net=None) -> None:
     """Build the model of ``spec`` (without memory where possible) and refuse it, before any training,
-    if it cannot be built or its output on a dummy batch is not ``(N, num_classes)``."""
+    if it cannot be built or its output on a dummy batch is not ``(N, num_classes)`` (``net``: see
+    :func:`build_model`)."""
     from ..models import check_output
 
-    check_output(lambda: build_model(spec), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
+    check_output(lambda: build_model(spec, net), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
 
 
 def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", model=None):

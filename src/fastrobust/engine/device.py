@@ -15,8 +15,3 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
 
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (so that wall-clock timings measure it)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

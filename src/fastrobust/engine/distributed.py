@@ -41,6 +41,8 @@ import hashlib
 import inspect
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -300,6 +302,27 @@ def is_peer_loss(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(s in text for s in (
         "Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "NCCL communicator was aborted"))
+
+
+PEER_LOSS_GRACE_S = 3.0   # see peer_lost()
+
+
+def peer_lost(exc: BaseException, group: Dist, timeout_s: float) -> PeerLost | None:
+    """A lost contact with the other processes (not this one's own error) as a :class:`PeerLost`, else None.
+
+    Under torchrun, waits :data:`PEER_LOSS_GRACE_S` so that the process that failed exits first (torchrun
+    reports the first as the root cause); the message is printed now in case this one is stopped."""
+    if not isinstance(exc, Exception) or isinstance(exc, FastrobustError) or not is_peer_loss(exc):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lost = PeerLost(f"process {group.rank} of {group.world_size} lost contact with the others: another process "
+                    f"probably failed (its error is shown above) or the wait exceeded --dist-timeout "
+                    f"({timeout_s:g} s). ({first})")
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        print(f"fastrobust: error: {lost}", file=sys.stderr, flush=True)
+        lost.quiet = True
+        time.sleep(PEER_LOSS_GRACE_S)
+    return lost
 
 
 def shard_weight(n_local: int, n_global: int, world_size: int) -> float:

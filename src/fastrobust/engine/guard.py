@@ -1,49 +1,31 @@
 """Catastrophic overfitting: the collapse mark, and the guard that recovers from it (``--guard``).
 
-A run has **collapsed** (catastrophic overfitting, Wong et al. 2020) at an epoch when its
-validation robust accuracy (the per-epoch PGD-CW attack on the held-out split, which the engine runs
-anyway) shows one of the two signatures of a model that has learnt to mask single-step attacks:
+:func:`diagnose` marks an epoch as **collapsed** when its validation accuracies show one of two
+signatures of a model that masks single-step attacks (Wong et al. 2020):
 
-- **a fall from robustness it had reached**: PGD accuracy below ``COLLAPSE_RATIO`` (half) of the best
-  seen so far and at least ``COLLAPSE_DROP`` (10 points) under it, while FGSM accuracy (one step of eps
-  from x, 1 pass per validation example) stays high: PGD accuracy is under half of it too;
-- **FGSM made harmless**: FGSM accuracy at least ``FGSM_OF_CLEAN`` (80%) of the clean accuracy, and PGD
-  accuracy under half of it and at least ``OVERFIT_GAP`` (30 points) under it. This catches a run that
-  overfits before it was ever robust (MNIST FGSM-RS and M+DEAT, right at the end of the eps warm-up).
+- **a fall from robustness it had reached**: PGD accuracy below ``COLLAPSE_RATIO`` of the best so far
+  and at least ``COLLAPSE_DROP`` under it, while FGSM accuracy stays high (PGD under ``COLLAPSE_RATIO`` of it);
+- **FGSM made harmless**: FGSM accuracy at least ``FGSM_OF_CLEAN`` of the clean accuracy, and PGD accuracy
+  under ``COLLAPSE_RATIO`` of FGSM's and at least ``OVERFIT_GAP`` under it.
 
-A model that is simply not robust yet is neither: FGSM hurts it too (the demo's PGD-10 AT at the end of
-its eps warm-up: 24.6% PGD, 63.2% FGSM, 92.4% clean; a hard data set's PGD, FGSM and clean accuracies
-are all low and close), and its PGD accuracy has not fallen from anything. On every PGD-AT and GAAT run
-of ``benchmarks/records`` neither signature occurs, and every collapse listed in docs/results.md shows
-the second (tests/test_collapse_records.py re-judges them all). Ordinary epoch-to-epoch noise moves by a few points.
-
-Without the guard the run only says so (``collapsed`` and ``collapsed_epoch`` in summary.json, a line in
-train.log) and the marked epochs stay candidates for the best checkpoint like any other: the mark changes
-nothing in the delivered model. With it, the engine keeps a copy of the training state
-(weights, optimizer, gradient scaler, method state) at every new best epoch; on a collapse it
-restores that copy, unless the collapsed epoch is clearly better (``RESTORE_MARGIN``, 5 points of
-validation robust accuracy, above it: a run that climbs back after an event, still under the FGSM
-gap, keeps its progress; restoring the last eps warm-up epoch of a run that was never robust again
-and again threw away each partial recovery, MNIST M+DEAT seed 2), and asks the method to strengthen
-its attack for the rest of the run
-(:meth:`fastrobust.methods.Method.strengthen`: twice the steps or replays at half the step, the
-same reach), and records the event in metrics.jsonl and train.log. After a first event, an epoch
-whose validation FGSM accuracy is still ``WEAK_GAP`` (15 points) or more above its PGD accuracy
-strengthens the attack again without restoring anything (the attack is still too weak or masked:
-a robust model of the MNIST suite shows 2-7 points at full eps, PGD-40 AT, GAAT and Free alike;
-DEAT-d and M+DEAT after the guard's first event showed 16-20 epoch after epoch), but not in the
-epoch right after an event: there the model is still adapting to the new attack (MNIST FGSM-RS,
-DEAT-d and M+DEAT showed 19-28 points there and 2-7 one epoch later). The guard strengthens at
-most ``MAX_STRENGTHENINGS`` times (4x the steps), so that a run's cost stays bounded. The passes
-of the collapsed epochs stay counted: they were spent. fast_adversarial's early stop only stops
-and keeps the last good model; this continues from it with a stronger attack.
+Without the guard, the run only records the mark (``collapsed``, ``collapsed_epoch`` in summary.json, a
+line in train.log). With it, :class:`Guard` keeps the training state of every new best epoch; on a
+collapse it restores that state (unless the collapsed epoch is ``RESTORE_MARGIN`` above it) and asks the
+method to strengthen its attack (:meth:`fastrobust.methods.Method.strengthen`: twice the level, the first
+time to at least ``MIN_BOOSTED_LEVEL``, the same reach in smaller steps). After an event, an epoch whose
+FGSM accuracy is still ``WEAK_GAP`` above its PGD accuracy (not the epoch right after the event)
+strengthens again without restoring, at most ``MAX_STRENGTHENINGS`` times in all. Each event is
+recorded in metrics.jsonl and train.log; the passes of collapsed epochs stay counted.
+The measurements behind these thresholds: benchmarks/records/JOURNAL.md, "The collapse guard's rules".
 """
 
 from __future__ import annotations
 
 import copy
 
+from ..methods import Method
 from .distributed import to_cpu
+from .rundir import pct
 
 COLLAPSE_RATIO = 0.5
 COLLAPSE_DROP = 0.10
@@ -51,7 +33,8 @@ OVERFIT_GAP = 0.30
 FGSM_OF_CLEAN = 0.80     # FGSM accuracy this close to clean: the single-step attack barely hurts the model
 RESTORE_MARGIN = 0.05    # a collapsed epoch this far above the remembered state is kept, not rolled back
 WEAK_GAP = 0.15          # after an event, FGSM this far above PGD: the attack is still too weak, strengthen again
-MAX_STRENGTHENINGS = 2
+MAX_STRENGTHENINGS = 2   # the most strengthenings in a run (4x the level), so that its cost stays bounded
+MIN_BOOSTED_LEVEL = 4    # a strengthened attack takes at least this many steps (or replays)
 
 
 def diagnose(best_robust: float | None, robust: float | None, fgsm: float | None = None,
@@ -131,13 +114,13 @@ class Guard:
             kept = {"epoch": snap["epoch"], "val_robust_acc": snap["robust"]}
             snap = None
         if snap is not None:    # else none to restore (a collapse before any good epoch, or this one is better)
-            boost = getattr(method, "boost", 0)
+            boost = method.boost
             model.load_state_dict(snap["model"])
             opt.load_state_dict(snap["optimizer"])
             scaler.load_state_dict(snap["scaler"])
             method.load_state_dict(copy.deepcopy(snap["method"]))
-            if hasattr(method, "boost"):
-                method.boost = boost           # earlier strengthenings stay
+            for _ in range(boost - method.boost):   # earlier strengthenings stay
+                method.strengthen(MIN_BOOSTED_LEVEL)
         event = {"epoch": epoch, "reason": "collapse", "val_robust_acc": robust,
                  "best_val_robust_acc": self.best_robust, "restored_epoch": snap and snap["epoch"],
                  "change": self._strengthen(method)}
@@ -160,12 +143,12 @@ class Guard:
         self.events.append(event)
         return event
 
-    def _strengthen(self, method) -> str:
-        if getattr(method, "boost", 0) >= MAX_STRENGTHENINGS:
+    def _strengthen(self, method: Method) -> str:
+        if method.boost >= MAX_STRENGTHENINGS:
             self.can_strengthen = False
             return f"none (the attack was already strengthened {MAX_STRENGTHENINGS} times, the guard's limit)"
-        change = method.strengthen()
-        self.can_strengthen = change is not None and getattr(method, "boost", 0) < MAX_STRENGTHENINGS
+        change = method.strengthen(MIN_BOOSTED_LEVEL)
+        self.can_strengthen = change is not None and method.boost < MAX_STRENGTHENINGS
         return change or "none (the method has no attack level)"
 
     def state_dict(self) -> dict:
@@ -177,3 +160,17 @@ class Guard:
             self.snapshot, self.events = state["snapshot"], state["events"]
             self.best_robust, self.collapsed_epoch = state["best_robust"], state["collapsed_epoch"]
             self.can_strengthen = state.get("can_strengthen", True)
+
+
+def guard_note(event: dict | None) -> str:
+    """The end of a collapse's train.log line: what --guard did, or a hint when it is off."""
+    if event is None:
+        return ("; marked only, the epoch stays a candidate for the best checkpoint (--guard restores the best "
+                "state and strengthens the attack)")
+    if event["restored_epoch"]:
+        done = f"restored epoch {event['restored_epoch']}'s state"
+    elif kept := event.get("not_restored"):
+        done = f"kept this state (epoch {kept['epoch']}'s, {pct(kept['val_robust_acc'])} robust, is clearly below it)"
+    else:
+        done = "no earlier state to restore"
+    return f"; guard: {done}, {event['change']}"

@@ -14,8 +14,9 @@ nothing of checkpoints, logging, schedules or processes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
@@ -136,6 +137,8 @@ class Method(Stateful):
     params: ClassVar[tuple[Param, ...]] = ()
     #: which validation accuracy picks best.pt: "robust" (ties broken by clean) or "clean" (ties by robust)
     selects_by: ClassVar[str] = "robust"
+    #: how many times the collapse guard has strengthened the attack (:meth:`strengthen`); part of ``state_dict``
+    boost: int = 0
 
     def __init__(self, ctx: MethodContext, **params: Any) -> None:
         self.ctx = ctx
@@ -179,32 +182,50 @@ class Method(Stateful):
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each epoch (0-based) on every process; may change the method's own state."""
 
-    def strengthen(self) -> str | None:
-        """Make the attack stronger for the rest of the run (the engine's collapse guard, ``--guard``);
-        returns what changed, or None when the method has no attack to strengthen."""
+    def strengthen(self, min_level: int = 1) -> str | None:
+        """Make the attack stronger for the rest of the run (called by the engine's collapse guard, ``--guard``,
+        which sets ``min_level``): twice the attack's level (steps or replays) per strengthening, the first time
+        to at least ``min_level``, the same reach in smaller steps; adds one to :attr:`boost`. Returns what
+        changed, or None when the method has no attack level to strengthen (nothing changes)."""
         return None
 
 
 class Component(Stateful):
     """A part of a composed method (an attack, a loss or a schedule; see ``compose.py``).
 
-    A method's registration makes a template; :meth:`bind` gives each run its own
-    copy with the run's context and resolved parameter values (``self.v``). A part
-    declares the parameters it reads; it may keep per-epoch statistics (``state``)
-    and state that a resumed run needs (``state_dict``).
+    A method's registration holds a *spec*: the part as constructed (its constructor's arguments,
+    :attr:`spec_args`), which declares the parameters it reads (:meth:`params`) and checks them
+    (:meth:`check`), and never runs. :meth:`bind` builds each run's own running part: a new object
+    constructed from the same arguments, given the run's context (:attr:`ctx`) and resolved parameter
+    values (:attr:`v`). A running part may keep per-epoch statistics (``state``) and state that a
+    resumed run needs (``state_dict``), set up in :meth:`reset`.
     """
+
+    #: the run's context and parameter values: empty in a spec, given to a running part by :meth:`bind`
+    ctx: MethodContext | None = None
+    v: Mapping[str, Any] = MappingProxyType({})
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Component":
+        part = super().__new__(cls)
+        part.spec_args = (args, dict(kwargs))   # what bind() builds a running part from
+        return part
+
+    #: whether the part's strength is its schedule's level (the collapse guard strengthens by raising it)
+    uses_level: ClassVar[bool] = True
 
     def params(self) -> tuple[Param, ...]:
         return ()
 
     def bind(self, ctx: MethodContext, values: dict) -> "Component":
-        run = copy.copy(self)
-        run.ctx, run.v = ctx, values
-        run.reset()
-        return run
+        """A new running part of this spec for one run (the spec itself is left as it is)."""
+        args, kwargs = self.spec_args
+        part = type(self)(*args, **kwargs)
+        part.ctx, part.v = ctx, values
+        part.reset()
+        return part
 
     def reset(self) -> None:
-        """Set up the run's own state (called by :meth:`bind`)."""
+        """Set up the run's own state (called by :meth:`bind` on the running part)."""
 
     def check(self, eps: float, alpha: float, values: dict) -> None:
         """Refuse parameter values that make no sense together (a :class:`ConfigError` naming the fix)."""

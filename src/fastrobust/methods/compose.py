@@ -25,9 +25,6 @@ from .registry import register_method
 from .strength import Schedule
 
 
-MIN_BOOSTED_LEVEL = 4    # a strengthened attack takes at least this many steps (or replays)
-
-
 class Composed(Method):
     """attack -> loss -> one weight step; the schedule sets the attack's level and step, and sees the
     attack's last input gradient (M+)."""
@@ -42,29 +39,29 @@ class Composed(Method):
         super().__init__(ctx, **params)
         self.parts = {key: getattr(type(self), key).bind(ctx, params) for key in ("attack", "loss", "schedule")}
         self.attack_, self.loss_, self.schedule_ = self.parts.values()
-        self.boost = 0      # strengthenings by the engine's collapse guard: each doubles the level, halves the step
+        self.boost = 0        # the collapse guard's strengthenings (see strengthen)
+        self.min_level = 1    # the guard's floor for the first strengthened level
 
     def level_and_step(self, batch: Batch) -> tuple[int, float]:
-        """The attack's level in force and its step: the schedule's; after guard strengthenings, twice the steps
-        (or replays) per strengthening, the first time to at least ``MIN_BOOSTED_LEVEL``, with the same reach in
-        smaller steps. The step is at most the schedule's / 2 per strengthening, also when the schedule later
-        raises its level (single large steps are what overfits catastrophically: MNIST DEAT-d with +1 replay and
-        the schedule's step growing back fell from 70 to 46% validation PGD when r rose to 4; 3 of 5 MNIST runs
-        strengthened to a level of 2 collapsed again, none of those at 4 or more)."""
+        """The attack's level in force and its step: the schedule's; after the guard's strengthenings, twice the
+        steps (or replays) per strengthening, the first time to at least ``min_level``, with the same reach in
+        smaller steps: the step is at most the schedule's / 2 per strengthening, also when the schedule later
+        raises its level."""
         base = self.schedule_.level
         step = self.schedule_.step_size(batch, base)
         if not (self.boost and base):
             return base, step
-        level = max(base, MIN_BOOSTED_LEVEL // 2) * 2 ** self.boost
+        level = max(base, self.min_level // 2) * 2 ** self.boost
         return level, step * base / level
 
-    def strengthen(self) -> str | None:
+    def strengthen(self, min_level: int = 1) -> str | None:
         base = self.schedule_.level
-        if (not base and not self.schedule_.grows) or not getattr(self.attack_, "uses_level", True):
+        if (not base and not self.schedule_.grows) or not self.attack_.uses_level:
             return None               # no attack (natural training), or one whose strength is not a level
         self.boost += 1
+        self.min_level = min_level
         what = "replays" if self.schedule_.level_name == "r" else "attack steps"
-        return (f"{what} x{2 ** self.boost} (the first time to at least {MIN_BOOSTED_LEVEL}) for the rest of the run, "
+        return (f"{what} x{2 ** self.boost} (the first time to at least {min_level}) for the rest of the run, "
                 f"the same reach in smaller steps")
 
     @classmethod
@@ -102,7 +99,8 @@ class Composed(Method):
         return {**state, "guard_boost": self.boost} if self.boost else state
 
     def state_dict(self) -> dict:
-        return {**{key: part.state_dict() for key, part in self.parts.items()}, "boost": self.boost}
+        return {**{key: part.state_dict() for key, part in self.parts.items()}, "boost": self.boost,
+                "min_level": self.min_level}
 
     def load_state_dict(self, state: dict) -> None:
         if not set(self.parts) <= set(state):
@@ -111,6 +109,11 @@ class Composed(Method):
         for key, part in self.parts.items():
             part.load_state_dict(state[key])
         self.boost = state.get("boost", 0)
+        self.min_level = state.get("min_level", _MIN_LEVEL_BEFORE_SAVED)
+
+
+#: the guard's floor for a strengthened level when a checkpoint did not save it yet (it was 4 then)
+_MIN_LEVEL_BEFORE_SAVED = 4
 
 
 class ReplayStart(Component):
