@@ -122,3 +122,29 @@ def test_fgsm_rs_cs_constraint_sign():
     # the three differ by the start's gradient: +g (above), 0, -g (below): symmetric around the unconstrained one
     assert torch.allclose(grads[-1.0] - grads[None], grads[None] - grads[10.0], atol=1e-6)
     assert not torch.allclose(grads[-1.0], grads[None])
+
+
+def test_liet_refreshes_its_label_information_and_counts_it():
+    model, method, step, _ = make_method("liet", refresh=2)
+    count = counted(model)
+    x, y = synthetic(24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        passes = [method.train_batch(model, Batch(x, y, EPS, EPS), step).passes for _ in range(3)]
+        assert sum(passes) == pytest.approx(count())
+    assert passes == [pytest.approx(24 * 8 / 3 + 3), pytest.approx(24 * 8 / 3), pytest.approx(24 * 8 / 3 + 3)]
+    method.on_epoch_end(0)                  # each epoch starts with a refresh
+    assert method.in_epoch == 0 and method.lam_now() == pytest.approx(100 * 2 / 3)
+
+
+def test_liet_targets_and_js():
+    from fastrobust.methods.leaders import _js
+
+    model, method, _, _ = make_method("liet")
+    t = method._targets(torch.tensor([0, 2, 1]), 4)
+    assert torch.allclose(t.sum(1), torch.ones(3)) and torch.allclose(t[[0, 1, 2], [0, 2, 1]], torch.full((3,), 0.4))
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    p, q = a.softmax(1), b.softmax(1)
+    m = (p + q) / 2
+    expected = ((p * (p / m).log()).sum(1) + (q * (q / m).log()).sum(1)).mean() / 2
+    assert _js(a, b).item() == pytest.approx(expected.item(), rel=1e-5) and _js(a, a).item() == pytest.approx(0, abs=1e-6)

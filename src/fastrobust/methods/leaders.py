@@ -314,3 +314,126 @@ def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets' entropy)."""
     log_t = targets.clamp_min(1e-30).log()
     return (targets * (log_t - F.log_softmax(logits.float(), 1))).sum(1).mean()
+
+
+# ---- LIET --------------------------------------------------------------------------------------------
+
+class LIET(SingleStep):
+    """Its start is built from a per-class "label information" perturbation refreshed every ``refresh``
+    minibatches, and its loss has a Jensen-Shannon term between the start's and x_adv's outputs: neither
+    an attack start nor a loss of the composition alone (the loss needs the start's forward)."""
+
+    name = "liet"
+    description = ("LIET, label information elimination (Pan et al., ICCV 2025): the start is +-LI[y] (one sign "
+                   "per minibatch), LI[c] = eps sign(grad of CE(f(0.5 gray image), c)) in eval mode, refreshed every "
+                   "`refresh` minibatches of an epoch, with a share U(mask_min, mask_max) of its components replaced "
+                   "by uniform noise; one step of alpha (default eps); loss: CE on randomly smoothed targets "
+                   "(true class 1 - smoothing, the rest a random split of smoothing) + lambda_t JS(p(start), "
+                   "p(x_adv)), lambda_t = lam (t+1)/epochs. Cost 8/3, + C (classes) per refresh.")
+    params = (Param("lam", float, 100.0, "lambda after the last epoch (lambda_t = lam (t+1)/epochs in epoch t, "
+                    "0-based)", minimum=0.0),
+              Param("smoothing", float, 0.6, "the randomised label smoothing's mass off the true class",
+                    minimum=0.0),
+              Param("mask_min", float, 0.1, "the least share of the start's components drawn uniformly instead",
+                    minimum=0.0),
+              Param("mask_max", float, 0.5, "the largest such share", minimum=0.0),
+              Param("refresh", int, 20, "minibatches between refreshes of the label-information perturbation "
+                    "(and at each epoch's first)", minimum=1))
+
+    @classmethod
+    def check_config(cls, eps, alpha, params):
+        if not params["mask_min"] <= params["mask_max"] <= 1 or not params["smoothing"] < 1:
+            raise ConfigError("method liet: needs mask_min <= mask_max <= 1 and smoothing < 1")
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.in_epoch = 0      # minibatches of this epoch so far
+        self.li = None         # (classes, *image) the label-information perturbation
+
+    def on_epoch_end(self, epoch):
+        super().on_epoch_end(epoch)
+        self.in_epoch = 0
+
+    def lam_now(self) -> float:
+        return self.lam * (self.epoch + 1) / self.ctx.epochs
+
+    def _targets(self, y: torch.Tensor, classes: int) -> torch.Tensor:
+        """The randomised label smoothing: 1 - s on the true class, s split at random (uniform weights) over
+        the others."""
+        s = self.smoothing
+        true = F.one_hot(y, classes).bool()
+        rest = torch.rand((len(y), classes), device=y.device).masked_fill_(true, 0)
+        rest = rest / rest.sum(1, keepdim=True).clamp_min(1e-30) * s
+        return rest.masked_fill_(true, 1 - s)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n, classes, passes = len(x), self.ctx.num_classes, 0.0
+        if self.in_epoch % self.refresh == 0 or self.li is None or self.li.shape[1:] != x.shape[1:]:
+            gray = torch.full((classes, *x.shape[1:]), 0.5, device=x.device, dtype=x.dtype)
+            with preserved_mode(model, True), torch.enable_grad():
+                labels = torch.arange(classes, device=x.device)
+                grad = _soft_ce_grad(model, gray, self._targets(labels, classes))
+            self.li = tm.direction(grad)   # L-inf: the sign; times eps below (the current eps: it may ramp)
+            passes += classes
+        # the reference's rule: above CIFAR's 8/255 (L-inf), noise of 2 eps and a step not projected back
+        wide = tm.name == "linf" and eps > 8 / 255
+        delta = eps * self.li.to(x.dtype)[y]
+        noise = tm.start(x, 2 * eps if wide else eps, None)    # L-inf: uniform in [-eps, eps] per component
+        share = self.mask_min + torch.rand(()).item() * (self.mask_max - self.mask_min)
+        delta = torch.where(torch.rand_like(x) < share, noise, delta)
+        if torch.rand(()).item() < 0.5:
+            delta = -delta
+        targets = self._targets(y, classes)
+        kept = {}
+
+        def gradient(k, x0, d, against):   # the start's forward, its graph kept for the JS term
+            point = (x0 + d).clamp(0, 1).requires_grad_(True)
+            kept["logits"] = logits = model(point)
+            (g,) = torch.autograd.grad(_soft_ce(logits, targets) * n, point, retain_graph=True)
+            return g, logits
+
+        step_fn = _unprojected(tm) if wide else None
+        with torch.enable_grad():
+            if wide:
+                point, _, spent = ascend(model, torch.zeros_like(x), (x + delta).clamp(0, 1), 1, batch.alpha, eps,
+                                         tm, y, gradient=gradient, step=step_fn)
+                x_adv = point.clamp(0, 1)
+            else:
+                start = tm.project(delta, x, eps)     # L-inf: only the pixel box (|delta| <= eps already)
+                d, _, spent = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
+                x_adv = x + d
+        logits = model(x_adv)
+        loss = _soft_ce(logits, targets) + self.lam_now() * _js(kept["logits"], logits)
+        step(loss)
+        self.counter += 1
+        self.in_epoch += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + spent + n * (FORWARD + 2 * BACKWARD))
+
+    def state(self):
+        return {"lambda": self.lam * self.epoch / self.ctx.epochs} if self.epoch else {}
+
+    def state_dict(self):
+        return {**super().state_dict(), "in_epoch": self.in_epoch,
+                "li": None if self.li is None else self.li.detach().cpu()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.in_epoch, self.li = state["in_epoch"], state["li"]
+        if self.li is not None:
+            self.li = self.li.to(self.ctx.input_std.device)
+
+
+def _soft_ce_grad(model, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The input gradient of the summed cross-entropy against soft targets."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_soft_ce(model(x), targets) * len(x), x)
+    return grad
+
+
+def _js(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """The Jensen-Shannon divergence of the two softmax outputs, mean over the batch, in float32."""
+    p, q = F.softmax(logits_p.float(), 1), F.softmax(logits_q.float(), 1)
+    log_m = ((p + q) / 2).clamp_min(1e-30).log()
+    kl = lambda a: (a * (a.clamp_min(1e-30).log() - log_m)).sum(1)   # noqa: E731
+    return ((kl(p) + kl(q)) / 2).mean()
