@@ -6,7 +6,7 @@ worst case over all of them, and checks against gradient masking.
 >>> evaluate_checkpoint("runs/pgd", attacks="clean,pgd20,cw20,aa")    # writes runs/pgd/eval.json
 
 The small clean/PGD evaluation that training runs each epoch is the engine's
-(:mod:`fastrobust.engine.validation`); ``evaluate_split`` and ``to_float`` are still importable from here.
+(:mod:`fastrobust.engine.validation`).
 """
 
 from .checks import DETERMINISM_TOLERANCE, GAP_THRESHOLD, PROBE_SIZE, SQUARE_TOLERANCE, STEPS_TOLERANCE
@@ -16,15 +16,6 @@ from .specs import VALID_NAMES, AttackSpec, parse_attacks, run_order, spec_of
 
 __all__ = [
     "DETERMINISM_TOLERANCE", "GAP_THRESHOLD", "PROBE_SIZE", "PROTOCOL", "SQUARE_TOLERANCE", "STEPS_TOLERANCE",
-    "VALID_NAMES", "AttackSpec", "BrokenModelWarning", "GradientMaskingWarning", "adversarial_examples", "evaluate", "evaluate_checkpoint",
-    "evaluate_split", "format_report", "output_path", "parse_attacks", "run_order", "spec_of", "to_float",
+    "VALID_NAMES", "AttackSpec", "BrokenModelWarning", "GradientMaskingWarning", "adversarial_examples", "evaluate",
+    "evaluate_checkpoint", "format_report", "output_path", "parse_attacks", "run_order", "spec_of",
 ]
-
-
-def __getattr__(name: str):
-    # moved to the engine (the only user); imported on demand so that evaluation never imports the engine
-    if name in ("evaluate_split", "to_float"):
-        from ..engine import validation
-
-        return getattr(validation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

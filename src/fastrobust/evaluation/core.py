@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..attacks import pgd, preserved_mode
+from ..attacks.pgd import _check_count as check_count   # one check of counts for attacks and evaluation
 from ..config import parse_number, recipe_step
 from ..errors import ConfigError
+from ..timing import sync
 from . import checks
 from .autoattack import MIN_CLASSES, AutoAttackRunner, pyautoattack_version
 from .specs import AttackSpec, parse_attacks, run_order, spec_of
@@ -96,12 +98,6 @@ def _check_inputs(model, x, y) -> None:
         if not (0 <= lo and hi <= 1):
             raise ConfigError(f"float images must lie in [0,1] (normalisation belongs inside the model); got values "
                               f"from {lo:.4g} to {hi:.4g}. Pass uint8 images or divide by 255.")
-
-
-def check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 @contextmanager
@@ -212,11 +208,6 @@ class Evaluation:
         return self._aa[queries]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _mask(n: int, idx: torch.Tensor, values: torch.Tensor | bool = True) -> torch.Tensor:
     m = torch.zeros(n, dtype=torch.bool)
     m[idx] = values
@@ -228,7 +219,7 @@ def _run_attack(ev: Evaluation, spec: AttackSpec, target: torch.Tensor, robust: 
     """Run ``spec`` on the examples of the mask ``target`` (AutoAttack: those of them classified
     correctly, as it attacks no others); ``robust`` is the mask of examples robust so far."""
     n = len(robust)
-    _sync(ev.device)
+    sync(ev.device)
     start = time.perf_counter()
     if spec.kind == "pgd":
         idx = target.nonzero().squeeze(1)
@@ -236,38 +227,51 @@ def _run_attack(ev: Evaluation, spec: AttackSpec, target: torch.Tensor, robust: 
                                torch.zeros(n, dtype=torch.bool), settings=ev.pgd_settings(spec))
     else:
         record = _run_autoattack(ev, spec, target & clean_correct)
-    _sync(ev.device)
+    sync(ev.device)
     record.seconds = time.perf_counter() - start
     record.fooled = robust & record.ran & ~record.correct
     return record
 
 
-def _run_autoattack(ev: Evaluation, spec: AttackSpec, target: torch.Tensor) -> checks.Record:
-    """AutoAttack's components one after the other, each on the examples none before it fooled."""
-    n = len(target)
-    correct = target.clone()          # not fooled by any component so far
-    parts, components, skipped, runner = [], {}, {}, None
+def _autoattack_cascade(ev: Evaluation, spec: AttackSpec, correct: torch.Tensor, attack) -> dict:
+    """AutoAttack's components one after the other, each on the examples none before it fooled: ``correct`` (a
+    mask, updated in place); ``attack(component, idx)`` says which of the examples ``idx`` stay correct.
+    Returns the components skipped, with why."""
+    skipped = {}
     for component in spec.components:
         if ev.eps == 0:
             skipped[component] = "eps = 0: no perturbation is possible"
-            continue
-        if ev.num_classes < MIN_CLASSES[component]:     # (a single component was refused up front)
+        elif ev.num_classes < MIN_CLASSES[component]:     # (a single component was refused up front)
             skipped[component] = f"needs at least {MIN_CLASSES[component]} classes, the model has {ev.num_classes}"
-            continue
-        runner = runner or ev.autoattack(spec.queries)
-        idx = correct.nonzero().squeeze(1)
-        _sync(ev.device)
+        else:
+            idx = correct.nonzero().squeeze(1)
+            correct[idx] = attack(component, idx)
+    return skipped
+
+
+def _run_autoattack(ev: Evaluation, spec: AttackSpec, target: torch.Tensor) -> checks.Record:
+    """AutoAttack on the examples of the mask ``target``, with a record per component."""
+    n = len(target)
+    correct = target.clone()          # not fooled by any component so far
+    parts, components = [], {}
+
+    def attack(component: str, idx: torch.Tensor) -> torch.Tensor:
+        runner = ev.autoattack(spec.queries)
+        sync(ev.device)
         start = time.perf_counter()
         desc = component if spec.name == component else f"{spec.name} {component}"
         ok = ev.survivors(idx, desc, lambda xb, yb: runner.run(component, xb, yb))
-        _sync(ev.device)
+        sync(ev.device)
         part_spec = spec if spec.components == (component,) else spec_of(component)
-        part = checks.Record(part_spec, _mask(n, idx), _mask(n, idx, ok), _mask(n, idx, ~ok),
-                             seconds=time.perf_counter() - start)
-        parts.append(part)
-        correct[idx] = ok
-        components[component] = {"n_attacked": len(idx), "n_fooled": int((~ok).sum()), "seconds": round(part.seconds, 3)}
-    settings = dict(runner.settings) if runner else {"implementation": "pyautoattack", "norm": ev.norm, "eps": ev.eps}
+        parts.append(checks.Record(part_spec, _mask(n, idx), _mask(n, idx, ok), _mask(n, idx, ~ok),
+                                   seconds=time.perf_counter() - start))
+        components[component] = {"n_attacked": len(idx), "n_fooled": int((~ok).sum()),
+                                 "seconds": round(parts[-1].seconds, 3)}
+        return ok
+
+    skipped = _autoattack_cascade(ev, spec, correct, attack)
+    settings = dict(ev.autoattack(spec.queries).settings) if components else \
+        {"implementation": "pyautoattack", "norm": ev.norm, "eps": ev.eps}
     settings["components"] = components
     if skipped:
         settings["skipped"] = skipped
@@ -340,7 +344,7 @@ def evaluate(
     started = time.perf_counter()
     with frozen(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         all_idx = torch.arange(n)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         clean_correct = ev.predict(all_idx) == ev.y
         clean_seconds = time.perf_counter() - t0
@@ -469,14 +473,15 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
             return ev.pgd_adversarial(spec, xb, yb, ev.pgd_settings(spec)["alpha"])
         todo = ev.predict(torch.arange(len(x))).to(device) == yb     # AutoAttack attacks only these
         x_adv = xb.clone()
-        for component in spec.components:
-            if ev.num_classes < MIN_CLASSES[component] or not todo.any():
-                continue
-            runner = ev.autoattack(spec.queries)
-            cand = runner.run(component, xb[todo], yb[todo])
+
+        def run_component(component: str, idx: torch.Tensor) -> torch.Tensor:
+            if not len(idx):
+                return torch.zeros(0, dtype=torch.bool, device=device)
+            cand = ev.autoattack(spec.queries).run(component, xb[idx], yb[idx])
             with torch.no_grad():
-                fooled = model(cand).argmax(1) != yb[todo]
-            rows = todo.nonzero().squeeze(1)[fooled]
-            x_adv[rows] = cand[fooled]
-            todo[rows] = False
+                fooled = model(cand).argmax(1) != yb[idx]
+            x_adv[idx[fooled]] = cand[fooled]
+            return ~fooled
+
+        _autoattack_cascade(ev, spec, todo, run_component)
         return x_adv

@@ -12,7 +12,7 @@ from ..config import recipe_ratio
 from .. import trust
 from ..errors import ConfigError, FastrobustError
 from ..runfolder import RunFolder
-from .core import check_count, check_eps, check_norm, evaluate
+from .core import check_count, check_norm, evaluate
 from .specs import parse_attacks
 
 
@@ -134,7 +134,6 @@ def _evaluate_run(path, checkpoint, payload, digest, config, names, eps, norm, t
             raise ConfigError(f"give --eps for norm {norm}: the run's eps ({config.get('eps')}) is an "
                               f"{'L2' if run_norm == 'l2' else 'L-inf'} radius")
         eps = config.get("eps")
-    eps = check_eps(eps, norm)
     target = output_path(path, out)
     check_writable(target)   # before any attack runs
     dev = pick_device("auto" if device is None else str(device))

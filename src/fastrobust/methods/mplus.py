@@ -19,6 +19,7 @@ times an earlier MG of the same run, so any constant scale cancels out.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -81,6 +82,18 @@ def grad_magnitude(grad: torch.Tensor, input_std: torch.Tensor) -> torch.Tensor:
 STEP_RULES = ("constant", "eps-over-k")
 
 
+@dataclass(frozen=True)
+class LevelParams:
+    """The parameter names of the level an M+ schedule drives."""
+
+    start: str      # the level during the first epoch
+    maximum: str    # the largest level
+
+
+#: the parameters of each level: K (attack steps) or r (replays)
+LEVEL_PARAMS = {"K": LevelParams("k_start", "k_max"), "r": LevelParams("r_start", "r_max")}
+
+
 class MPlus(Schedule):
     """The level follows :class:`MPlusRule` on MG. ``step_rule``: ``constant`` (the paper's code: step alpha
     in every epoch, with the reach floor when ``floor``) or ``eps-over-k`` (a later, never-run rewrite of the
@@ -91,40 +104,43 @@ class MPlus(Schedule):
     def __init__(self, level: str, start: int, maximum: int, gamma: float = 1.01, floor: bool = True,
                  mg_batches: str = "all") -> None:
         super().__init__(level=level)
-        self.defaults, self.floor, self.mg_batches = (start, maximum, gamma), floor, mg_batches
+        self.names = LEVEL_PARAMS[level]
+        self.defaults = {self.names.start: start, self.names.maximum: maximum, "gamma": gamma}
+        self.floor, self.mg_batches = floor, mg_batches
 
     def params(self):
-        n, (start, maximum, gamma), lv = self.level_name.lower(), self.defaults, self.level_name
+        names, d, lv = self.names, self.defaults, self.level_name
         floor = (" and, with the constant step, while alpha x " + lv + " < eps (the reach floor)") if self.floor else ""
-        return (level_param(f"{n}_start", start, f"M+: {lv} during the first epoch", minimum=0 if lv == "K" else 1),
-                level_param(f"{n}_max", maximum, f"M+: the largest {lv}"),
-                Param("gamma", float, gamma, f"M+: raise {lv} when the epoch's input-gradient magnitude exceeds the "
+        return (level_param(names.start, d[names.start], f"M+: {lv} during the first epoch",
+                            minimum=0 if lv == "K" else 1),
+                level_param(names.maximum, d[names.maximum], f"M+: the largest {lv}"),
+                Param("gamma", float, d["gamma"], f"M+: raise {lv} when the epoch's input-gradient magnitude exceeds the "
                       f"threshold, gamma x its value after the second epoch or at the last raise{floor}", minimum=0.0),
                 Param("step_rule", str, "constant", "M+: attack step per epoch: constant = alpha (the paper's code); "
                       f"eps-over-k = max(eps/{lv}, alpha) (a later rewrite, never run by the paper)",
                       choices=STEP_RULES, absent="eps-over-k"))
 
     def reset(self):
-        n = self.level_name.lower()
-        self.rule = MPlusRule(self.v[f"{n}_start"], self.v[f"{n}_max"], self.v["gamma"], self.floor)
+        self.rule = MPlusRule(self.v[self.names.start], self.v[self.names.maximum], self.v["gamma"], self.floor)
         self.mg_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.input_std.device)
         self.epoch_mg = None
         super().reset()
 
     def first_level(self):
-        return min(self.v[f"{self.level_name.lower()}_start"], self.v[f"{self.level_name.lower()}_max"])
+        return min(self.v[self.names.start], self.v[self.names.maximum])
 
     def max_level(self, values):
-        return values[f"{self.level_name.lower()}_max"]
+        return values[self.names.maximum]
 
     def check(self, eps, alpha, values):
-        n = self.level_name.lower()
-        if values[f"{n}_start"] > values[f"{n}_max"]:
-            raise ConfigError(f"{n}_start ({values[f'{n}_start']}) must not exceed {n}_max ({values[f'{n}_max']})")
-        if self.floor and values["step_rule"] == "constant" and alpha * values[f"{n}_max"] < eps * (1 - 1e-9):
-            raise ConfigError(f"alpha x {n}_max = {alpha * values[f'{n}_max']:.4g} is below eps ({eps:.4g}): "
-                              f"{values[f'{n}_max']} steps of size alpha cannot cross the eps-ball and the reach "
-                              f"floor would pass {n}_max; raise --{n}-max or --alpha (or leave --alpha unset)")
+        start, maximum = self.names.start, self.names.maximum
+        if values[start] > values[maximum]:
+            raise ConfigError(f"{start} ({values[start]}) must not exceed {maximum} ({values[maximum]})")
+        if self.floor and values["step_rule"] == "constant" and alpha * values[maximum] < eps * (1 - 1e-9):
+            flag = "--" + maximum.replace("_", "-")
+            raise ConfigError(f"alpha x {maximum} = {alpha * values[maximum]:.4g} is below eps ({eps:.4g}): "
+                              f"{values[maximum]} steps of size alpha cannot cross the eps-ball and the reach "
+                              f"floor would pass {maximum}; raise {flag} or --alpha (or leave --alpha unset)")
 
     def _step(self, eps: float, alpha: float, level: int) -> float:
         return max(eps / level, alpha) if self.v["step_rule"] == "eps-over-k" and level else alpha

@@ -72,13 +72,14 @@ class Linear(Schedule):
 
     def __init__(self, k_min: int = 2, k_max: int = 10, step_scale: float = 2.5) -> None:
         super().__init__(level="K")
-        self.defaults = (k_min, k_max, step_scale)
+        self.defaults = {"k_min": k_min, "k_max": k_max, "step_scale": step_scale}
 
     def params(self):
-        k_min, k_max, scale = self.defaults
-        return (level_param("k_min", k_min, "K in the first epoch"), level_param("k_max", k_max, "K in the last epoch"),
-                Param("step_scale", float, scale, "attack step at K steps: step_scale x eps / K (or alpha if larger); "
-                      "the reference's 20/255 at eps 8/255 is 2.5", minimum=0.0))
+        d = self.defaults
+        return (level_param("k_min", d["k_min"], "K in the first epoch"),
+                level_param("k_max", d["k_max"], "K in the last epoch"),
+                Param("step_scale", float, d["step_scale"], "attack step at K steps: step_scale x eps / K (or alpha "
+                      "if larger); the reference's 20/255 at eps 8/255 is 2.5", minimum=0.0))
 
     def steps_at(self, epoch: int) -> int:
         frac = min(epoch / max(self.ctx.epochs - 1, 1), 1.0)
@@ -108,11 +109,11 @@ class EveryD(Schedule):
 
     def __init__(self, d: int = 3, r_max: int = 5) -> None:
         super().__init__(level="r")
-        self.defaults = (d, r_max)
+        self.defaults = {"d": d, "r_max": r_max}
 
     def params(self):
-        return (level_param("d", self.defaults[0], "epochs between increases of the replay count r"),
-                level_param("r_max", self.defaults[1], "the largest replay count"))
+        return (level_param("d", self.defaults["d"], "epochs between increases of the replay count r"),
+                level_param("r_max", self.defaults["r_max"], "the largest replay count"))
 
     def first_level(self):
         return 1
@@ -132,12 +133,12 @@ class OnAccuracy(Schedule):
 
     def __init__(self, p: float = 0.4, r_max: int = 4) -> None:
         super().__init__(level="r")
-        self.defaults = (p, r_max)
+        self.defaults = {"p": p, "r_max": r_max}
 
     def params(self):
-        return (Param("p", float, self.defaults[0], "raise r after an epoch whose last-replay training accuracy "
+        return (Param("p", float, self.defaults["p"], "raise r after an epoch whose last-replay training accuracy "
                       "exceeds p (reference 0.4; CIFAR-100 0.2)", minimum=0.0),
-                level_param("r_max", self.defaults[1], "the largest replay count"))
+                level_param("r_max", self.defaults["r_max"], "the largest replay count"))
 
     def reset(self):
         super().reset()
