@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# GPU readiness check: one epoch of CIFAR-10 with pgd, mdeat, gaat and free (PreActResNet-18), with
-# --amp bf16 --channels-last, again with --compile, again with the streaming loader (--stream, when
-# this fastrobust has it), then `fastrobust eval` with AutoAttack on 500 test images; prints images
-# per second for each and the total time (target: within 8 minutes on one H100/H200).
+# GPU check: every question about a GPU in one run (benchmarks/gpu_check.py runs the parts), each part timed,
+# one JSON file of results (WORK/gpu_check.json) and a printed table; target: under 8 minutes on one H100.
+#   options      PGD-AT, one epoch: the fp32 eager baseline, then each option alone (bf16, channels_last,
+#                --compile, --stream), then the defaults (bf16 + channels_last on CUDA); images/s against it
+#   overhead     fastrobust against a hand-written PGD-10 loop on the same device (engine/hand ratio)
+#   methods      pgd, fgsm-rs, n-fgsm, free, trades, mart, fat, gaat, mdeat (at r = 4, a later epoch's level)
+#   syncs        host-device syncs inside an iteration (torch.cuda.set_sync_debug_mode) for pgd, fat, gaat
+#   distributed  2 processes with torchrun (NCCL) when 2 GPUs are there, skipped with a message on one
+#   agreement    the same fixed-seed fp32 run on the CPU and on the GPU: test accuracies within 3 points
+#   autoattack   fastrobust eval --attacks aa of the baseline model on 500 test images
+# Every training row has its peak memory (summary.json: peak_memory_mb).
 #
 #   benchmarks/gpu_check.sh                  # on a CUDA machine (fails with a message without one)
-#   benchmarks/gpu_check.sh --dry-run        # the same steps on the CPU: tiny subset, narrow model
+#   benchmarks/gpu_check.sh --dry-run        # every part on the CPU: tiny subset, narrow model (CI)
 #   benchmarks/gpu_check.sh --data DIR       # DIR: an image folder (train/, test/), the official
 #                                            # CIFAR-10 pickles (cifar-10-batches-py), or the JPEG
 #                                            # copy's cifar10-jpeg.tar.gz (unpacked into --work)
 #
 # Options: --data PATH (default ../shared/datasets/cifar10-jpeg/cifar10-jpeg.tar.gz, next to the
-# project), --work DIR (runs and unpacked data; default ./gpu-check, --dry-run: a temporary folder),
-# --methods "pgd mdeat gaat free". Environment: PYTHON (default python); FASTROBUST_DRY_COMPILE=1
-# makes --dry-run compile too (minutes per method on the CPU). Nothing is downloaded.
+# project), --work DIR (runs, unpacked data, gpu_check.json; default ./gpu-check, --dry-run: a temporary
+# folder), --methods "pgd gaat ...", --parts "options methods ...", --train-subset N (training images per run
+# on the GPU, default 10000). Environment: PYTHON (default python); FASTROBUST_DRY_COMPILE=1 makes the dry
+# run's --compile use inductor (minutes on the CPU) instead of tracing with aot_eager. Nothing is downloaded.
 #
-# Images per second of a training run = training images of the epoch / its training-loop seconds
-# (summary.json: train_seconds, without the per-epoch validation and the final test); each method
-# does its own number of passes per image (printed next to it: pgd 11, free 4, mdeat 1 in its first
-# epoch, gaat fewer than pgd). For the evaluation: images / eval.json's seconds. CIFAR-10 (JPEG copy)
-# accuracies after one epoch mean nothing; this checks that the GPU paths run and how fast. With
-# --compile the one epoch's seconds include compiling the model (once per process).
+# Images per second = training images / the last epoch's training-loop seconds (metrics.jsonl, without
+# validation and test); each method does its own number of passes per image (printed next to it). CIFAR-10
+# accuracies after one epoch on a subset mean little; this checks that the GPU paths run, and how fast.
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,13 +37,17 @@ PYTHON="${PYTHON:-python}"
 DRY=0
 DATA=""
 WORK=""
-METHODS="pgd mdeat gaat free"
+METHODS="pgd fgsm-rs n-fgsm free trades mart fat gaat mdeat"
+PARTS="options overhead methods syncs distributed agreement autoattack"
+TRAIN_SUBSET=10000
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --data) [ $# -ge 2 ] || die "--data needs a path"; DATA="$2"; shift ;;
         --work) [ $# -ge 2 ] || die "--work needs a folder"; WORK="$2"; shift ;;
         --methods) [ $# -ge 2 ] || die "--methods needs a list such as \"pgd mdeat\""; METHODS="$2"; shift ;;
+        --parts) [ $# -ge 2 ] || die "--parts needs a list such as \"options methods\""; PARTS="$2"; shift ;;
+        --train-subset) [ $# -ge 2 ] || die "--train-subset needs a number"; TRAIN_SUBSET="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see benchmarks/gpu_check.sh --help)" ;;
     esac
@@ -53,18 +62,15 @@ if [ "$DRY" = 1 ]; then
     if [ -z "$WORK" ]; then WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-dry.XXXXXX")"; CLEAN="$WORK"; fi
     DEVICE=cpu
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-    # tiny: 16 training and 4 test images per class, PreActResNet-18 at width 8, short attacks
-    SIZE=(--val-size 32 --test-subset 40 --batch-size 32 --model-opt width=8 --val-steps 2 --test-steps 2)
-    AA_N=20
-    echo "gpu_check.sh --dry-run: the GPU check's steps on the CPU (tiny subset, width-8 model); numbers are not GPU figures"
+    VAL=32
+    echo "gpu_check.sh --dry-run: every part on the CPU (tiny subset, width-8 model); numbers are not GPU figures"
 else
     [ -n "$WORK" ] || WORK="$PWD/gpu-check"
     "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || die "no CUDA GPU visible to torch: this check needs one (benchmarks/gpu_check.sh --dry-run checks the script on the CPU)"
     DEVICE=cuda
-    SIZE=(--val-size 1000 --test-subset 1000)
-    AA_N=500
-    "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+    VAL=1000
+    "$PYTHON" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), 'x', torch.cuda.device_count(), '| torch', torch.__version__)"
 fi
 trap 'if [ -n "${CLEAN:-}" ]; then rm -rf "$CLEAN"; fi' EXIT
 mkdir -p "$WORK"
@@ -102,7 +108,6 @@ EOF
 else
     die "$DATA is not an image folder (train/, test/), a folder of the CIFAR-10 pickles or a .tar.gz archive"
 fi
-VAL=${SIZE[1]}
 # decode (and cache) the data once, outside the timed runs; its number of training images sets N_TRAIN
 N_IMAGES=$("$PYTHON" - "${DATASET[@]}" <<'EOF'
 import sys
@@ -115,81 +120,15 @@ print(len(data.train.y))
 EOF
 ) || die "cannot load the data set (${DATASET[*]})"
 N_TRAIN=$((N_IMAGES - VAL))
+[ "$DRY" = 1 ] || [ "$N_TRAIN" -le "$TRAIN_SUBSET" ] || N_TRAIN=$TRAIN_SUBSET
+echo "data ready after $((SECONDS - START)) s; $N_TRAIN training images per epoch"
 
-COMMON=(--epochs 1 --device "$DEVICE" --amp bf16 --channels-last --no-progress "${SIZE[@]}" "${DATASET[@]}")
-RESULTS="$WORK/results.tsv"
-: > "$RESULTS"
-
-speed() {   # speed LABEL METHOD RUN_DIR: one line of RESULTS from the run's summary.json
-    "$PYTHON" - "$1" "$2" "$3" "$N_TRAIN" >> "$RESULTS" <<'EOF'
-import json, sys
-label, method, run, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-s = json.load(open(f"{run}/summary.json"))
-print(f"{label}\t{method}\t{n / s['train_seconds']:.0f}\t{s['passes_per_example']:.2f}\t{s['train_seconds']:.1f}")
-EOF
-}
-
-train_all() {   # train_all LABEL EXTRA_FLAGS...
-    local label="$1"; shift
-    for m in $METHODS; do
-        local run="$WORK/runs/$label-$m"
-        rm -rf "$run"
-        local t=$SECONDS
-        echo "== train $m ($label): fastrobust train --method $m ${COMMON[*]} $* --out $run"
-        "${FR[@]}" train --method "$m" "${COMMON[@]}" "$@" --out "$run" | grep -E "^(training|done)" || true
-        [ -f "$run/summary.json" ] || die "training $m ($label) wrote no $run/summary.json (see $run/train.log)"
-        speed "$label" "$m" "$run"
-        echo "   $((SECONDS - t)) s wall (startup, data, validation and test included)"
-    done
-}
-
-train_all "bf16+channels-last"
-if [ "$DRY" = 1 ]; then
-    # torch.compile works on the CPU, but takes about 2 minutes per method on 2 cores, with another backend than
-    # the GPU's (C++ instead of Triton): the dry run leaves it out, and FASTROBUST_DRY_COMPILE=1 puts it back
-    if [ "${FASTROBUST_DRY_COMPILE:-0}" = 1 ]; then
-        train_all "+compile" --compile
-    else
-        echo "--compile: skipped in the dry run (minutes per method on the CPU; FASTROBUST_DRY_COMPILE=1 runs it)"
-        printf '+compile\t(skipped in the dry run)\t-\t-\t-\n' >> "$RESULTS"
-    fi
-else
-    train_all "+compile" --compile
-fi
-if "${FR[@]}" train --help 2>/dev/null | grep -q -- "--stream"; then
-    if [ -n "$FOLDER" ]; then
-        train_all "+stream" --stream
-    else
-        echo "streaming loader: skipped (it reads image folders; pass --data with the JPEG copy or an image folder)"
-        printf '+stream\t(skipped: not an image folder)\t-\t-\t-\n' >> "$RESULTS"
-    fi
-else
-    echo "streaming loader: skipped: this fastrobust has no --stream option yet"
-    printf '+stream\t(skipped: no --stream in this fastrobust)\t-\t-\t-\n' >> "$RESULTS"
-fi
-
-# ---- AutoAttack on the PGD-AT model (the first method's if pgd is not run)
-target="pgd"; [[ " $METHODS " == *" pgd "* ]] || target=${METHODS%% *}
-run="$WORK/runs/bf16+channels-last-$target"
-echo "== fastrobust eval $run --attacks aa --test-subset $AA_N --device $DEVICE"
-"${FR[@]}" eval "$run" --attacks aa --test-subset "$AA_N" --device "$DEVICE" --no-progress --out "$WORK/aa-eval.json" \
-    | grep -E -i "autoattack|robust|clean" || true
-[ -f "$WORK/aa-eval.json" ] || die "fastrobust eval wrote no $WORK/aa-eval.json"
-"$PYTHON" - "$WORK/aa-eval.json" "$target" >> "$RESULTS" <<'EOF'
-import json, sys
-e = json.load(open(sys.argv[1]))
-print(f"eval AutoAttack\t{sys.argv[2]}\t{e['n'] / e['seconds']:.0f}\t-\t{e['seconds']:.1f}")
-EOF
-
+DRIVER=(--dataset "${DATASET[1]}" --data-dir "${DATASET[3]}" --work "$WORK" --device "$DEVICE" \
+        --methods "$METHODS" --parts "$PARTS" --train-subset "$TRAIN_SUBSET")
+[ -z "$FOLDER" ] || DRIVER+=(--folder "$FOLDER")
+[ "$DRY" = 0 ] || DRIVER+=(--dry-run)
+status=0
+"$PYTHON" "$HERE/gpu_check.py" "${DRIVER[@]}" || status=$?
 TOTAL=$((SECONDS - START))
-echo
-echo "gpu_check.sh results ($([ "$DRY" = 1 ] && echo 'DRY RUN on the CPU, not GPU figures' || echo "$DEVICE")): $N_TRAIN training images per epoch"
-"$PYTHON" - "$RESULTS" <<'EOF'
-import sys
-rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
-head = ("step", "method", "images/s", "passes/image", "seconds")
-widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-for r in [head, *rows]:
-    print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-EOF
-echo "total $TOTAL s (target on one H100/H200: 480 s; ratio $(awk "BEGIN {printf \"%.2f\", $TOTAL / 480}"))"
+echo "gpu_check.sh: total $TOTAL s with the data (target on one H100: 480 s; ratio $(awk "BEGIN {printf \"%.2f\", $TOTAL / 480}")); results in $WORK/gpu_check.json"
+exit $status

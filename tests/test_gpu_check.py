@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --dry-run: the GPU readiness check's steps on the CPU (about 45 s here)."""
+"""benchmarks/gpu_check.sh --dry-run: every part of the GPU check on the CPU (about 100 s here)."""
 
 import json
 import os
@@ -17,7 +17,8 @@ from helpers import SHARED
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 ARCHIVE = SHARED / "datasets" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
-METHODS = ("pgd", "mdeat", "gaat", "free")
+METHODS = ("pgd", "fgsm-rs", "n-fgsm", "free", "trades", "mart", "fat", "gaat", "mdeat")
+PARTS = ("options", "overhead", "methods", "syncs", "distributed", "agreement", "autoattack")
 
 
 def run_script(*args, cwd=ROOT, timeout=600):
@@ -48,24 +49,49 @@ def test_gpu_check_dry_run(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "DRY RUN on the CPU" in out and "128 training images per epoch" in out
-    for method in METHODS:   # one row per method: images per second and passes per image from its summary.json
-        row = re.search(rf"^bf16\+channels-last\s+{method}\s+(\d+)\s+(\d+\.\d\d)\s+(\d+\.\d)$", out, re.M)
-        assert row, f"no result row for {method} in:\n{out}"
-        summary = json.loads((work / "runs" / f"bf16+channels-last-{method}" / "summary.json").read_text())
-        assert int(row[1]) == round(128 / summary["train_seconds"])
-        assert float(row[2]) == pytest.approx(summary["passes_per_example"], abs=0.005)
-        config = (work / "runs" / f"bf16+channels-last-{method}" / "config.yaml").read_text()
-        assert "amp: bf16" in config and "channels_last: true" in config and "device: cpu" in config
-    assert re.search(r"^\+compile\s+\(skipped in the dry run\)", out, re.M)
-    stream = re.search(r"^\+stream\s+(.*)$", out, re.M)
-    assert stream and ("skipped" in stream[1] or re.match(r"pgd\s+\d+", stream[1]))
+    results = json.loads((work / "gpu_check.json").read_text())
+    assert results["dry_run"] and results["device"] == "cpu" and not results["failed"]
+    for part in PARTS:   # every part ran, and said how long it took
+        assert re.search(rf"^   \[{part}: \d+\.\d s\]$", out, re.M), part
+        assert results["parts"][part]["seconds"] > 0 and results["parts"][part]["estimate_h100_s"] > 0
+    assert results["estimate_h100_s"] < 480   # the check's own estimate on one H100
+    rows = {(r["part"], r["label"], r["method"]): r for r in results["rows"]}
+    options = {label: r for (part, label, _), r in rows.items() if part == "options"}
+    assert set(options) == {"fp32-eager", "bf16", "channels_last", "compile(aot_eager)", "stream", "defaults"}
+    settings = {label: (r.get("amp"), r.get("channels_last"), r.get("compile"), r.get("stream"))
+                for label, r in options.items()}
+    assert settings["fp32-eager"] == ("none", False, False, False)   # the baseline, then each option alone
+    assert settings["bf16"] == ("bf16", False, False, False)
+    assert settings["channels_last"] == ("none", True, False, False)
+    assert settings["compile(aot_eager)"] == ("none", False, True, False)
+    assert settings["defaults"] == ("none", False, False, False)     # the CPU's defaults: fp32
+    assert settings["stream"] == ("none", False, False, True) or "skipped" in options["stream"]
+    assert options["fp32-eager"]["vs_baseline"] == 1.0
+    assert options["compile(aot_eager)"]["compiles"] > 0 and len(options["compile(aot_eager)"]["epoch_seconds"]) == 2
+    for method in METHODS:   # every method family, with its images per second, passes and peak memory
+        row = next(r for (part, _, m), r in rows.items() if part == "methods" and m == method)
+        summary = json.loads((Path(row["run"]) / "summary.json").read_text())
+        assert row["passes_per_image"] == pytest.approx(summary["passes_per_example"])
+        assert row["peak_memory_mb"] == summary["peak_memory_mb"] > 0
+        assert re.search(rf"^methods\s+\S+\s+{re.escape(method)}\s+\d+\s", out, re.M), method
+    mdeat = next(r for (part, _, m), r in rows.items() if part == "methods" and m == "mdeat")
+    assert mdeat["passes_per_image"] == pytest.approx(4.0)   # r = 4: a later epoch's strength
+    overhead = next(r for (part, *_), r in rows.items() if part == "overhead")
+    assert overhead["ratio"] > 0 and overhead["hand_images_per_s"] > 0
+    syncs = [r for (part, *_), r in rows.items() if part == "syncs"]
+    assert {r["method"] for r in syncs} == {"pgd", "fat", "gaat"}
+    assert all(r["max_syncs_per_iteration"] <= r["budget"] for r in syncs)
+    assert [r["budget"] for r in syncs if r["method"] != "gaat"] == [0, 0]
+    dist = next(r for (part, *_), r in rows.items() if part == "distributed")
+    assert dist["world_size"] == 2 and dist["images_per_s"] > 0   # 2 CPU processes (Gloo) in the dry run
+    agreement = next(r for (part, *_), r in rows.items() if part == "agreement")
+    assert agreement["agree"]
     aa = json.loads((work / "aa-eval.json").read_text())
     assert aa["n"] == 20 and "aa" in aa["attacks"]
-    assert re.search(r"^eval AutoAttack\s+pgd\s+\d+\s+-\s+\d+\.\d$", out, re.M)
-    assert re.search(r"^total \d+ s \(target on one H100/H200: 480 s; ratio \d+\.\d\d\)$", out, re.M)
+    assert re.search(r"^autoattack\s+eval AutoAttack\s+pgd\s+\d+", out, re.M)
+    assert re.search(r"^total \d+ s \(estimate on one H100: \d+ s; target 480 s\)", out, re.M)
 
 
-@pytest.mark.slow
 def test_gpu_check_refuses_bad_input_and_a_machine_without_cuda(tmp_path):
     bad = run_script("--bogus")
     assert bad.returncode == 2 and "unknown argument --bogus" in bad.stderr
@@ -79,3 +105,32 @@ def test_gpu_check_refuses_bad_input_and_a_machine_without_cuda(tmp_path):
     if not has_cuda:   # checked before the data is read
         no_gpu = run_script("--data", str(tmp_path), "--work", str(tmp_path / "w"))
         assert no_gpu.returncode == 2 and "no CUDA GPU" in no_gpu.stderr and "--dry-run" in no_gpu.stderr
+
+
+def test_the_cuda_sync_check_counts_each_iteration(tmp_path, monkeypatch):
+    """The CUDA part's wiring, on the CPU: set_sync_debug_mode faked to warn once per call of the watched
+    code (the loader's minibatch, the method's work), so that every iteration counts 2."""
+    import warnings
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    modes = []
+
+    def fake_mode(mode):
+        modes.append(mode)
+        if mode == "warn":
+            warnings.warn("called a synchronizing CUDA operation")
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", fake_mode)
+    args = gpu_check.main.__globals__["argparse"].Namespace(
+        dry_run=True, device="cpu", work=str(tmp_path), dataset="mnist-subset", data_dir=None, folder=None,
+        train_subset=None, methods=["pgd"])
+    check = gpu_check.Check(args)
+    check.common.update(model_options={}, batch_size=512)   # mnist-subset: 2048 training images, 4 minibatches
+    counts = check._cuda_syncs("pgd")
+    # 4 iterations of 2 watched calls, and the loader's last next() (StopIteration: no iteration)
+    assert counts == [2, 2, 2, 2] and modes.count("warn") == 9 and modes[-1] == "default"
+    assert gpu_check.sync_budget("gaat") == 4 and gpu_check.sync_budget("pgd") == 0
