@@ -148,3 +148,21 @@ def test_liet_targets_and_js():
     m = (p + q) / 2
     expected = ((p * (p / m).log()).sum(1) + (q * (q / m).log()).sum(1)).mean() / 2
     assert _js(a, b).item() == pytest.approx(expected.item(), rel=1e-5) and _js(a, a).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_uap_moves_along_the_momentum_and_cuap_only_the_classes_present():
+    model, method, step, _ = make_method("fgsm-cuap")
+    x, y = synthetic(24)
+    keep = y != 2                                   # class 2 absent from the minibatch
+    method.train_batch(model, Batch(x[keep], y[keep], EPS, EPS), step)
+    u0, m0 = method.u.clone(), method.momentum.clone()
+    assert method.u.shape == (3, 1, 4, 4) and (method.u.abs() <= 1.25 * EPS + 1e-7).all()
+    assert (m0[2] == 0).all() and (m0[:2] != 0).any()
+    method.train_batch(model, Batch(x[keep], y[keep], EPS, EPS), step)
+    assert torch.equal(method.u[2], u0[2])          # untouched
+    moved = method.u[:2] - u0[:2]
+    expected = (u0[:2] + 1.25 * EPS * method.momentum[:2].sign()).clamp(-1.25 * EPS, 1.25 * EPS) - u0[:2]
+    assert torch.allclose(moved, expected)
+    model, single, step, _ = make_method("fgsm-uap")
+    single.train_batch(model, Batch(x, y, EPS, EPS), step)
+    assert single.u.shape == (1, 1, 4, 4)           # one perturbation for every example

@@ -437,3 +437,96 @@ def _js(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     log_m = ((p + q) / 2).clamp_min(1e-30).log()
     kl = lambda a: (a * (a.clamp_min(1e-30).log() - log_m)).sum(1)   # noqa: E731
     return ((kl(p) + kl(q)) / 2).mean()
+
+
+# ---- the UAP family: FGSM-UAP and FGSM-CUAP ----------------------------------------------------------
+
+class FGSMUAP(SingleStep):
+    """Its start is a universal perturbation (one, or one per class) that the attack's own input gradients update
+    after every minibatch, and its loss needs the start's forward (an MSE between the start's and x_adv's
+    logits): a start with state fed by the attack, and a loss of both forwards, which the composition has not."""
+
+    name = "fgsm-uap"
+    description = ("FGSM-UAP (AAAI 2024, as the FastAT Benchmark cites it): FGSM (step alpha, default eps, "
+                   "projected) from x + U, U a universal perturbation of radius uap x eps, projected onto the "
+                   "eps-ball; loss CE(f(x_adv)) + lambda MSE(f(x_adv), f(x + U)); after each minibatch U moves by "
+                   "uap x eps along the sign of a momentum (decay) of the batch-mean input gradient, each "
+                   "normalised by the batch's L1 norm. Cost 8/3.")
+    params = (Param("lam", float, 10.0, "lambda, the weight of the MSE between the start's and x_adv's logits",
+                    minimum=0.0),
+              Param("uap", float, 1.25, "the universal perturbation's radius in units of eps (the benchmark's "
+                    "10/255 at 8/255)", minimum=0.0),
+              Param("decay", float, 0.3, "the momentum's decay", minimum=0.0))
+    classwise = False
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.u = self.momentum = None     # (groups, *image): one group, or one per class
+
+    def _ball(self, u: torch.Tensor, radius: float) -> torch.Tensor:
+        if self.ctx.threat.name == "linf":
+            return u.clamp(-radius, radius)
+        norms = u.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return u * per_example((radius / norms).clamp(max=1.0), u)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n, radius = len(x), self.uap * eps
+        groups = self.ctx.num_classes if self.classwise else 1
+        if self.u is None or self.u.shape[1:] != x.shape[1:]:
+            shape = (groups, *x.shape[1:])
+            self.u = radius * tm.direction(2 * torch.rand(shape, device=x.device, dtype=x.dtype) - 1)
+            self.momentum = torch.zeros(shape, device=x.device, dtype=x.dtype)
+        group = y if self.classwise else torch.zeros_like(y)
+        kept = {}
+
+        def gradient(k, x0, d, against):   # the start's forward, its graph kept for the MSE term
+            point = (x0 + d).requires_grad_(True)
+            kept["logits"] = logits = model(point)
+            (g,) = torch.autograd.grad(summed_ce(logits, against), point, retain_graph=True)
+            kept["grad"] = g.detach().clone()
+            return g, logits
+
+        with torch.enable_grad():
+            start = tm.project(self.u.to(x.dtype)[group], x, eps)
+            delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
+        logits = model(x + delta)
+        loss = cross_entropy(logits, y) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        step(loss)
+        self._update(kept["grad"], group, groups, radius)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (FORWARD + 2 * BACKWARD))
+
+    def _update(self, grad: torch.Tensor, group: torch.Tensor, groups: int, radius: float) -> None:
+        """Each group present in the minibatch (in every process): momentum = its mean normalised gradient +
+        decay x momentum; U moves by radius along the momentum's direction, within the ball of that radius."""
+        g = (grad / grad.abs().sum().clamp_min(1e-30)).flatten(1)
+        sums = torch.zeros((groups, g.shape[1]), device=g.device, dtype=torch.float32).index_add_(0, group, g.float())
+        counts = torch.bincount(group, minlength=groups).to(sums.dtype)
+        packed = self.ctx.all_reduce_sum(torch.cat([sums, counts[:, None]], 1))
+        sums, counts = packed[:, :-1], packed[:, -1]
+        present = per_example(counts > 0, self.u)
+        mean = (sums / counts.clamp_min(1)[:, None]).view_as(self.u).to(self.u.dtype)
+        self.momentum = torch.where(present, mean + self.decay * self.momentum, self.momentum)
+        moved = self._ball(self.u + radius * self.ctx.threat.direction(self.momentum), radius)
+        self.u = torch.where(present, moved, self.u)
+
+    def state_dict(self):
+        keep = lambda t: None if t is None else t.detach().cpu()   # noqa: E731
+        return {**super().state_dict(), "u": keep(self.u), "momentum": keep(self.momentum)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        device = self.ctx.input_std.device
+        self.u = None if state["u"] is None else state["u"].to(device)
+        self.momentum = None if state["momentum"] is None else state["momentum"].to(device)
+
+
+class FGSMCUAP(FGSMUAP):
+    """FGSM-UAP with one universal perturbation (and momentum) per class."""
+
+    name = "fgsm-cuap"
+    description = ("FGSM-CUAP (AAAI 2024, as the FastAT Benchmark cites it): FGSM-UAP with one universal "
+                   "perturbation and momentum per class (the start of x is its class's; after each minibatch each "
+                   "class present moves by the mean normalised gradient of its examples). Cost 8/3.")
+    classwise = True
