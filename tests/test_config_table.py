@@ -1,6 +1,7 @@
 """One table for the configuration: the command line, YAML files and ``fit`` accept the same keys, all
 generated from TrainConfig's fields, and the resume and bench comparisons share one rule."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -22,7 +23,7 @@ def _sample(key):
         return SAMPLES[key]
     f = FIELDS[key]
     kwargs = f.metadata["cli"]
-    if kwargs.get("action") == "store_true":
+    if kwargs.get("action") in ("store_true", argparse.BooleanOptionalAction):
         return [], True
     if "choices" in kwargs:
         return [kwargs["choices"][-1]], kwargs["choices"][-1]
