@@ -166,3 +166,28 @@ def test_uap_moves_along_the_momentum_and_cuap_only_the_classes_present():
     model, single, step, _ = make_method("fgsm-uap")
     single.train_batch(model, Batch(x, y, EPS, EPS), step)
     assert single.u.shape == (1, 1, 4, 4)           # one perturbation for every example
+
+
+@pytest.mark.slow
+def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
+    """Each leader trains 3 epochs through the engine (a BatchNorm model) and its passes add up as documented."""
+    import fastrobust
+    from torch import nn
+    from test_fit import COMMON, PlainDataset
+
+    class BNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.head(nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+    # 160 training examples in 5 minibatches; LIET refreshes (3 classes) once per epoch
+    expected = {"gradalign": 11, "zerograd": 6, "nuat": 1 + 3 + 3, "gat": 9, "fgsm-rs-cs": 6,
+                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8}
+    for name, passes in expected.items():
+        summary = fastrobust.fit(BNNet(), PlainDataset(192, 0), test_data=PlainDataset(48, 1), method=name,
+                                 out=str(tmp_path / name), progress=False, echo=lambda s: None,
+                                 **{**COMMON, "epochs": 3})
+        assert summary["passes_per_example"] == pytest.approx(passes), name

@@ -103,9 +103,10 @@ def _cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
 
 class ZeroGrad(SingleStep):
     name = "zerograd"
-    description = ("ZeroGrad (Golgooni et al., arXiv 2021): FGSM from a uniform random start whose input-gradient "
-                   "components below each example's q-quantile of |gradient| are zeroed before the step (size "
-                   "alpha, default 2 eps), projected onto the eps-ball. Cost 2.")
+    description = ("ZeroGrad (Golgooni et al., Machine Learning with Applications 2023; arXiv 2021): FGSM from a "
+                   "uniform random start whose input-gradient components below each example's q-quantile of "
+                   "|gradient| are zeroed before the step (size alpha, default 2 eps), projected onto the eps-ball. "
+                   "Cost 2.")
     params = (Param("q", float, 0.35, "the per-example quantile of |input gradient| below which its components are "
                     "zeroed", minimum=0.0),)
     alpha_factor = 2.0
@@ -384,13 +385,13 @@ class LIET(SingleStep):
         delta = torch.where(torch.rand_like(x) < share, noise, delta)
         if torch.rand(()).item() < 0.5:
             delta = -delta
-        targets = self._targets(y, classes)
         kept = {}
 
         def gradient(k, x0, d, against):   # the start's forward, its graph kept for the JS term
             point = (x0 + d).clamp(0, 1).requires_grad_(True)
             kept["logits"] = logits = model(point)
-            (g,) = torch.autograd.grad(_soft_ce(logits, targets) * n, point, retain_graph=True)
+            # each use of the smoothed loss draws its own targets (as the reference)
+            (g,) = torch.autograd.grad(_soft_ce(logits, self._targets(y, classes)) * n, point, retain_graph=True)
             return g, logits
 
         step_fn = _unprojected(tm) if wide else None
@@ -404,7 +405,7 @@ class LIET(SingleStep):
                 d, _, spent = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
                 x_adv = x + d
         logits = model(x_adv)
-        loss = _soft_ce(logits, targets) + self.lam_now() * _js(kept["logits"], logits)
+        loss = _soft_ce(logits, self._targets(y, classes)) + self.lam_now() * _js(kept["logits"], logits)
         step(loss)
         self.counter += 1
         self.in_epoch += 1
