@@ -531,3 +531,155 @@ class FGSMCUAP(FGSMUAP):
                    "perturbation and momentum per class (the start of x is its class's; after each minibatch each "
                    "class present moves by the mean normalised gradient of its examples). Cost 8/3.")
     classwise = True
+
+
+# ---- per-example priors: FGSM-PGI and FGSM-PCO (waiting for the examples' indices) ---------------------
+
+class ExampleMemory:
+    """Per-example tensors kept across epochs, addressed by the examples' dataset indices (``batch.index``),
+    grown on demand; new rows are ``fill(rows_like)``."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, index: torch.Tensor, like: torch.Tensor, fill) -> torch.Tensor:
+        table = self.tables.get(name)
+        need = int(index.max()) + 1
+        if table is None or len(table) < need or table.shape[1:] != like.shape[1:]:
+            fresh = fill(like.new_empty((need - (0 if table is None else len(table)), *like.shape[1:])))
+            table = fresh if table is None or table.shape[1:] != like.shape[1:] else torch.cat([table, fresh])
+            self.tables[name] = table
+        return table[index].clone()
+
+    def put(self, name: str, index: torch.Tensor, value: torch.Tensor) -> None:
+        self.tables[name][index] = value.detach()
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() for k, v in self.tables.items()}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.tables = {k: v.to(device) for k, v in state.items()}
+
+
+def _index(batch: Batch, method: str) -> torch.Tensor:
+    index = getattr(batch, "index", None)
+    if index is None:
+        raise ConfigError(f"method {method} keeps a perturbation per training example across epochs and needs the "
+                          "examples' dataset indices (Batch.index), which this version's training loop does not give")
+    return index
+
+
+class PriorGuided(SingleStep):
+    """Shared by FGSM-PGI and FGSM-PCO: a per-example perturbation memory (random +-eps at first)."""
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.memory = ExampleMemory()
+
+    def random_sign(self, eps):
+        return lambda t: eps * self.ctx.threat.direction(2 * torch.rand_like(t) - 1)
+
+    def state_dict(self):
+        return {**super().state_dict(), "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.memory.load_state_dict(state["memory"], self.ctx.input_std.device)
+
+
+class FGSMPGI(PriorGuided):
+    """The start is the example's own perturbation from the last epoch (moved along a momentum of its input
+    gradients), and the loss needs the start's forward: a start with per-example state and a loss of two
+    forwards, which the composition has not."""
+
+    name = "fgsm-pgi"
+    description = ("FGSM-PGI, prior-guided initialisation (Jia et al., ECCV 2022; its FGSM-MEP, the momentum of "
+                   "epoch priors, as the FastAT Benchmark runs it): each example starts from its stored "
+                   "perturbation delta (random +-eps at first, and again every `reset` epochs); one step of alpha "
+                   "(default eps) from it, projected; loss CE(f(x_adv)) + lambda MSE(f(x_adv), f(x + delta)); the "
+                   "stored delta becomes clip(delta + eps sign(m)), m = grad / |grad|_1 (the minibatch's) + decay "
+                   "m, m also stored per example. Cost 8/3. Needs the examples' indices.")
+    params = (Param("lam", float, 10.0, "lambda, the weight of the MSE between x_adv's and the start's logits",
+                    minimum=0.0),
+              Param("decay", float, 0.3, "the momentum's decay", minimum=0.0),
+              Param("reset", int, 40, "epochs between resets of the stored perturbations and momenta", minimum=1))
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        index, n = _index(batch, self.name), len(x)
+        if self.epoch % self.reset == 0 and getattr(self, "_reset_at", None) != self.epoch:
+            self.memory.tables.clear()          # the epoch's first minibatch: fresh priors
+            self._reset_at = self.epoch
+        delta = self.memory.get("delta", index, x, self.random_sign(eps))
+        momentum = self.memory.get("momentum", index, x, torch.zeros_like)
+        start = tm.project(delta, x, eps)
+        kept = {}
+
+        def gradient(k, x0, d, against):
+            point = (x0 + d).requires_grad_(True)
+            kept["logits"] = logits = model(point)
+            (g,) = torch.autograd.grad(summed_ce(logits, against), point, retain_graph=True)
+            kept["grad"] = g.detach().clone()
+            return g, logits
+
+        with torch.enable_grad():
+            adv, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
+        logits = model(x + adv)
+        loss = cross_entropy(logits, y) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        step(loss)
+        g = kept["grad"]
+        momentum = g / g.abs().sum().clamp_min(1e-30) + self.decay * momentum
+        self.memory.put("momentum", index, momentum)
+        self.memory.put("delta", index, tm.project(start + eps * tm.direction(momentum), x, eps))
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (FORWARD + 2 * BACKWARD))
+
+    def state_dict(self):
+        return {**super().state_dict(), "reset_at": getattr(self, "_reset_at", None)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._reset_at = state["reset_at"]
+
+
+class FGSMPCO(PriorGuided):
+    """The training input is a confidence-weighted mix of the example's stored perturbation and a lengthened FGSM
+    step from it, with a loss over three forwards: nothing of the composition's attack -> loss."""
+
+    name = "fgsm-pco"
+    description = ("FGSM-PCO (Wang, Wang, Tian & Jin, ECCV 2024): from the example's stored perturbation delta, "
+                   "delta' = clip(delta + alpha sign(grad)) (CE on targets smoothed to p_y = smooth); the "
+                   "training input is c (x + delta) + (1 - c)(x + beta delta'), c = 1 - p_y(x + delta) (kept in "
+                   "the graph); loss CE(f(x_new), smoothed) + lambda |MSE(f(x + delta'), f(x + delta)) - "
+                   "MSE(f(x + delta'), f(x_new))|; delta' is stored. Cost 11/3. Needs the examples' indices.")
+    params = (Param("lam", float, 10.0, "lambda, the weight of the difference of the two MSEs", minimum=0.0),
+              Param("beta", float, 1.5, "how far the FGSM perturbation is lengthened in the mix", minimum=0.0),
+              Param("smooth", float, 0.6, "the target probability of the true class", minimum=0.0))
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        index, n, classes = _index(batch, self.name), len(x), self.ctx.num_classes
+        delta = tm.project(self.memory.get("delta", index, x, self.random_sign(eps)), x, eps)
+        rest = (1 - self.smooth) / max(classes - 1, 1)
+        targets = torch.full((n, classes), rest, device=y.device).scatter_(1, y[:, None], self.smooth)
+        kept = {}
+
+        def gradient(k, x0, d, against):
+            point = (x0 + d).requires_grad_(True)
+            kept["logits"] = logits = model(point)
+            (g,) = torch.autograd.grad(_soft_ce(logits, targets) * n, point, retain_graph=True)
+            return g, logits
+
+        with torch.enable_grad():
+            fgsm, _, passes = ascend(model, x, delta, 1, batch.alpha, eps, tm, y, gradient=gradient)
+        start_logits = kept["logits"]
+        c = (1 - F.softmax(start_logits.float(), 1).gather(1, y[:, None])).clamp(0, 1).view(-1, *[1] * (x.dim() - 1))
+        x_new = c * (x + delta) + (1 - c) * (x + self.beta * fgsm)
+        logits = model(x_new.to(x.dtype))
+        fgsm_logits = model(x + fgsm)
+        mse = lambda a, b: (a.float() - b.float()).pow(2).mean()   # noqa: E731
+        loss = _soft_ce(logits, targets) + self.lam * (mse(fgsm_logits, start_logits) - mse(fgsm_logits, logits)).abs()
+        step(loss)
+        self.memory.put("delta", index, fgsm)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 3 * BACKWARD))
