@@ -101,3 +101,44 @@ def test_bf16_training_on_the_cpu_is_within_noise_of_fp32(tmp_path):
     assert fp32["test_clean_acc"] > 0.6 and fp32["test_robust_acc"] > 0.3   # it learnt
     assert abs(bf16["test_clean_acc"] - fp32["test_clean_acc"]) <= 0.04
     assert abs(bf16["test_robust_acc"] - fp32["test_robust_acc"]) <= 0.05
+
+
+def test_bench_tables_show_the_peak_memory(tmp_path):
+    from fastrobust.bench import collect, write_report
+
+    for name, peak in (("pgd", 812.4), ("old", None)):   # a run of before peak memory was recorded: "-"
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        summary = {"method": "pgd", "epochs": 1, "passes_per_example": 11.0, "train_seconds": 3.0,
+                   "train_cpu_seconds": 3.0, "device": "cpu", "test_clean_acc": 0.9, "test_robust_acc": 0.5,
+                   "test_attack": "PGD-20 CE, eps 0.3, alpha 0.0375, 1 restart", "test_examples": 100}
+        if peak is not None:
+            summary.update(peak_memory_mb=peak, peak_memory_kind="peak RSS")
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_robust_acc": 0.5, "epoch_passes": 11}) + "\n")
+    rows, _, _ = collect([tmp_path / "runs"])
+    paths = write_report(rows, tmp_path / "report", None)
+    md = paths["markdown"].read_text() if "markdown" in paths else (tmp_path / "report" / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run"))
+    assert "peak MiB" in header and "| 812 " in md and "peak resident memory" in md
+    csv_text = (tmp_path / "report" / "results.csv").read_text()
+    assert "peak_memory_mb" in csv_text.splitlines()[0] and "812.4" in csv_text
+
+
+def test_fp16_on_cuda_takes_the_fused_optimizer_whose_scaler_step_reads_nothing_on_the_host(monkeypatch):
+    from fastrobust.engine.hardware import optimizer_options
+
+    assert optimizer_options(TrainConfig(amp="fp16"), torch.device("cuda")) == {"fused": True}
+    assert optimizer_options(TrainConfig(amp="bf16"), torch.device("cuda")) == {}
+    assert optimizer_options(TrainConfig(amp="fp16"), torch.device("cpu")) == {}
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or item(self))
+    for make, fused in ((torch.optim.SGD, False), (torch.optim.SGD, True), (torch.optim.Adam, True)):
+        model = torch.nn.Linear(4, 2)
+        opt, scaler = make(model.parameters(), lr=0.1, fused=fused), torch.amp.GradScaler("cpu")
+        reads.clear()
+        scaler.scale(model(torch.rand(3, 4)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert len(reads) == (0 if fused else 1), (make, fused)   # the host read the fused step does without

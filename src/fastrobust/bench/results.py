@@ -81,6 +81,11 @@ class Row:
     def on_cpu(self) -> bool:
         return str(self.summary.get("device", "cpu")).startswith("cpu")
 
+    @property
+    def peak_mb(self) -> float | None:
+        """summary.json's peak_memory_mb (CUDA max_memory_allocated, or the CPU process's peak RSS)."""
+        return self.summary.get("peak_memory_mb")
+
     def accuracies(self) -> dict[str, float]:
         """Column label -> accuracy (fraction): clean first, then each attack in the order it ran.
 
@@ -267,6 +272,7 @@ class SeedGroup:
     passes = property(lambda self: stat(r.passes for r in self.rows))
     seconds = property(lambda self: stat(r.seconds for r in self.rows))
     cpu_seconds = property(lambda self: stat(r.cpu_seconds for r in self.rows))
+    peak_mb = property(lambda self: stat(r.peak_mb for r in self.rows))
     robust = property(lambda self: stat(r.robust for r in self.rows))
 
     def accuracies(self) -> dict[str, Stat | None]:
@@ -395,6 +401,8 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
             *(f"{l} %" for l in labels),
             "passes/ex", "train s"]
     head += ["CPU s"] if any_cpu else []
+    any_peak = any(r.peak_mb is not None for r in rows)   # runs of before peak memory was recorded: none
+    head += ["peak MiB"] if any_peak else []
     head += ["passes / ref", "time / ref"] + (["CPU time / ref"] if any_cpu else [])
     delta_labels = [l for l in labels if l in ref_acc]
     head += [f"d {l} (pts)" for l in delta_labels]
@@ -406,6 +414,7 @@ def table_data(rows: list[Row | SeedGroup], ref: Row | SeedGroup | None) -> tupl
                 *([r.n_test] if len(sizes) > 1 else []),
                 *(acc.get(l) for l in labels), r.passes, r.seconds]
         vals += [r.cpu_seconds if r.on_cpu else None] if any_cpu else []
+        vals += [r.peak_mb] if any_peak else []
         vals += [_ratio(r.passes, ref and ref.passes), _ratio(r.seconds, ref and ref.seconds)]
         vals += [_ratio(r.cpu_seconds, ref and ref.cpu_seconds) if r.on_cpu and ref and ref.on_cpu else None] if any_cpu else []
         # compared only on the same test images and after the same attacks (with the cascade a column
@@ -462,6 +471,8 @@ def _number_cell(column: str, value, size) -> str:
         return _fmt(value, ".0f" if size >= 100 else ".1f")
     if column == "passes/ex":
         return _fmt(value, ".1f")
+    if column == "peak MiB":
+        return _fmt(value, ".0f")
     return str(value)
 
 
@@ -498,8 +509,11 @@ def notes(rows: list[Row], ref: Row | SeedGroup | None, unfinished: list[str],
     threads = sorted({str(r.summary.get("torch_threads")) for r in rows if r.summary.get("torch_threads")})
     cpu = " `CPU s` = CPU seconds of the training process (all threads), less moved by other load on the machine." \
         if any(r.on_cpu for r in rows) else ""
+    peak = " `peak MiB` = the run's peak memory (summary.json: peak_memory_mb): on CUDA the most GPU memory held " \
+        "by tensors, on the CPU the process's peak resident memory (all of it, the data included)." \
+        if any(r.peak_mb is not None for r in rows) else ""
     out.append(f"Cost: passes/ex = forward+backward passes per training example over the whole run; train s = "
-               f"wall seconds of the training loop only (evaluation excluded).{cpu} Device: {', '.join(devices)}"
+               f"wall seconds of the training loop only (evaluation excluded).{cpu}{peak} Device: {', '.join(devices)}"
                + (f"; torch threads: {', '.join(threads)}." if threads else "."))
     evaluated = [r for r in rows if r.evaluation is not None]
     if evaluated:
@@ -552,7 +566,8 @@ def csv_text(head: list[str], data: list[list], rows: list[Row], names: list[str
 
     ``names`` replace the rows' own in the ``run`` column (the name of the group a seed's row belongs to).
     """
-    fixed = {"passes/ex": "passes_per_example", "train s": "train_seconds", "CPU s": "train_cpu_seconds"}
+    fixed = {"passes/ex": "passes_per_example", "train s": "train_seconds", "CPU s": "train_cpu_seconds",
+             "peak MiB": "peak_memory_mb"}
 
     def key(h: str) -> str:
         h = fixed.get(h, h).replace(" %", " pct").replace(" / ref", " vs ref").replace("(pts)", "pts")

@@ -1,5 +1,6 @@
 """A run's hardware settings from its device (:func:`setup_hardware`: bf16 and channels_last on CUDA, fp32 on
-the CPU, cuDNN autotuning, TF32) and its peak memory (:func:`peak_memory`, in summary.json and the bench tables)."""
+the CPU, cuDNN autotuning, TF32), the optimizer's options (:func:`optimizer_options`: fp16 without a sync per
+step) and its peak memory (:func:`peak_memory`, in summary.json and the bench tables)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def peak_memory(device: torch.device) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak, kind = rss if sys.platform == "darwin" else rss * 1024, "peak RSS"
     return {"peak_memory_mb": round(peak / 2**20, 1), "peak_memory_kind": kind}
+
+
+def optimizer_options(cfg, device: torch.device) -> dict:
+    """Keyword arguments of the run's optimizer: with fp16 on CUDA the fused SGD/Adam, which takes the loss
+    scaler's scale and inf check as device tensors (``GradScaler.step`` otherwise reads the inf check on the
+    host: one sync per optimizer step); nothing otherwise (the same arithmetic as before)."""
+    return {"fused": True} if cfg.amp == "fp16" and device.type == "cuda" else {}
