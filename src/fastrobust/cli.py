@@ -18,8 +18,8 @@ DESCRIPTION = """\
 fastrobust: cheap adversarial training of robust image classifiers.
 
 Commands:
-  demo      train natural, PGD-AT, GAAT, M+DEAT and DEAT-p models on the MNIST subset
-            shipped with the package and print a table of cost and robustness (no download)
+  demo      train PGD-AT, GAAT and DEAT-p models on the MNIST subset shipped with the
+            package and print a table of cost and robustness (no download, about 2 minutes)
   train     train one model with one method (see `fastrobust train --help`)
   methods   list the training methods and their parameters
   models    list the model architectures and their options
@@ -203,11 +203,11 @@ def build_parser(method: str = "pgd") -> argparse.ArgumentParser:
     _add_method_params(tr, method)
 
     demo = sub.add_parser("demo", help="the main job on the shipped MNIST subset: train, evaluate, print a table",
-                          description="Trains natural, PGD-AT, GAAT, M+DEAT and DEAT-p models on the MNIST subset that ships inside the package "
+                          description="Trains PGD-AT, GAAT and DEAT-p models on the MNIST subset that ships inside the package "
                                       "(6,000 train / 1,000 test images, no download), evaluates each and prints cost and robustness.")
     demo.add_argument("--out", default="fastrobust-demo", metavar="DIR", help="folder for the runs (default ./fastrobust-demo)")
     demo.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per method (default: the demo recipe's)")
-    demo.add_argument("--methods", default=None, metavar="A,B", help="comma-separated methods (default natural,pgd,gaat,mdeat,deat-p)")
+    demo.add_argument("--methods", default=None, metavar="A,B", help="comma-separated methods (default pgd,gaat,deat-p)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pl = sub.add_parser("plot", help="draw a run's per-epoch curves to a PNG",
