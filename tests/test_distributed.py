@@ -244,3 +244,16 @@ def test_distributed_options_on_the_command_line_and_their_checks():
     resolved.dist_timeout = 0
     with pytest.raises(ConfigError, match="dist_timeout must be a number of seconds > 0"):
         validate(resolved)
+
+
+@pytest.mark.slow
+def test_weight_averaging_under_torchrun(tmp_path):
+    # every process holds the same weights after each step (see the probe test above), so each process's
+    # average is the same; the main process validates it and saves it with last.pt
+    proc = torchrun(["-m", "fastrobust", "train", *PGD_ARGS, "--wa", "0.9", "--out", "two"], tmp_path)
+    assert proc.returncode == 0, output(proc)[-4000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["wa"] == 0.9 and summary["best_weights"] in ("raw", "averaged")
+    record = jsonl(tmp_path / "two" / "metrics.jsonl")[0]
+    assert record["val_wa_robust_acc"] is not None
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["averager"]["updates"] == 6   # 300 / 50 steps

@@ -8,6 +8,7 @@ values before any work starts, with a message that says what is allowed.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -21,7 +22,7 @@ from .errors import ConfigError
 
 LR_SCHEDULES = ("multistep", "piecewise", "cyclic", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")   # auto: resolved at run start (engine/hardware.py)
 DEVICES = ("auto", "cpu", "cuda")
 NORMS = ("linf", "l2")
 
@@ -100,6 +101,16 @@ class TrainConfig:
                          "DEAT's FAST setting 0.5)", group="optimisation", type=float, metavar="F")
     grad_clip: float | None = opt(None, "clip the weight gradient norm", group="optimisation", type=float,
                                   metavar="NORM")
+    label_smoothing: float = opt(0.0, "label smoothing of the training loss's cross-entropy terms (the attacks use "
+                                 "the hard labels), e.g. 0.4 as in the FastAT Benchmark; default 0",
+                                 group="optimisation", type=float, metavar="S")
+    wa: float | None = opt(None, "weight averaging: keep an exponential moving average of the weights (and "
+                           "BatchNorm statistics) with this decay after every optimizer step, e.g. 0.9995; validated "
+                           "each epoch next to the raw model, best.pt keeps the more robust of the two (summary.json: "
+                           "best_weights)", group="optimisation", type=float, metavar="TAU")
+    wa_warmup: float = opt(10.0, "weight averaging's warm-up: the decay after n steps is min(TAU, (1 + n) / "
+                           "(W + n)), so the average follows the model early on (0: TAU from the first step; "
+                           "default 10)", group="optimisation", type=float, metavar="W")
     # -- the threat model and the attack ---------------------------------------------------------------
     norm: str = opt("linf", "threat model of training and evaluation (default linf)", group="threat model",
                     choices=list(NORMS))
@@ -140,8 +151,12 @@ class TrainConfig:
                     "\"fastrobust[tensorboard]\")", group="run", resume=True, parse="names", metavar="LOGGER")
     device: str = opt("auto", "default auto (cuda if available)", group="hardware", resume=True,
                       choices=list(DEVICES))
-    amp: str = opt("none", "mixed precision (GPU); default none (fp32)", group="hardware", choices=list(AMP_MODES))
-    channels_last: bool = opt(False, "channels_last memory format (GPU)", group="hardware", action="store_true")
+    amp: str = opt("auto", "mixed precision: auto (the default: bf16 autocast on a CUDA GPU, none on the CPU), "
+                   "none (fp32), bf16, or fp16 (CUDA, with loss scaling); config.yaml records the mode used",
+                   group="hardware", choices=list(AMP_MODES))
+    channels_last: bool | None = opt(None, "channels_last memory format (--no-channels-last: off); default: on on "
+                                     "a CUDA GPU unless --amp none, off on the CPU", group="hardware",
+                                     action=argparse.BooleanOptionalAction)
     compile: bool = opt(False, "torch.compile the model", group="hardware", action="store_true")
     sync_bn: bool = opt(False, "under torchrun on GPUs: SyncBatchNorm, BatchNorm statistics of the whole global "
                         "minibatch (default: each process normalises with its shard's statistics; running "
@@ -193,9 +208,17 @@ def same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+#: the hardware keys' values that a run resolves from its device (engine/hardware.py: setup_hardware)
+UNRESOLVED = {"amp": "auto", "channels_last": None}
+
+
 def same_setting(key: str, a: Any, b: Any) -> bool:
     """Whether two values of configuration key ``key`` are the same setting, up to spelling
-    (``piecewise`` = ``multistep``, ``8/255`` = 0.0313..., a tuple = a list)."""
+    (``piecewise`` = ``multistep``, ``8/255`` = 0.0313..., a tuple = a list). ``amp: auto`` and an unset
+    ``channels_last`` are the device's choice (resolved at run start): any saved value matches them."""
+    if key in UNRESOLVED and UNRESOLVED[key] in (a, b):
+        return True
+
     def norm(v):
         if key == "lr_schedule" and v == "piecewise":
             return "multistep"
@@ -363,6 +386,10 @@ def validate(cfg: TrainConfig) -> None:
     """Refuse invalid values before any work starts (call after :func:`resolve`)."""
     _check(_is_int(cfg.epochs) and cfg.epochs >= 1, f"epochs must be an integer >= 1, got {cfg.epochs!r}")
     _check(_is_int(cfg.batch_size) and cfg.batch_size >= 1, f"batch_size must be an integer >= 1, got {cfg.batch_size!r}")
+    _check(cfg.wa is None or 0 < cfg.wa < 1, f"wa (weight averaging's decay) must lie between 0 and 1, e.g. "
+                                             f"0.9995, got {cfg.wa!r}")
+    _check(0 <= cfg.label_smoothing < 1, f"label_smoothing must lie in [0, 1), got {cfg.label_smoothing!r}")
+    _check(cfg.wa_warmup >= 0, f"wa_warmup must be >= 0, got {cfg.wa_warmup!r}")
     _check(cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     _check(cfg.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
     _check(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")

@@ -18,6 +18,7 @@ from ..errors import FastrobustError
 from ..methods import Batch, Method, StepOutput
 from ..runfolder import RunFolder
 from ..timing import sync
+from .averaging import WeightAverage
 from .distributed import Dist, shard_weight
 from .guard import Guard
 from .prepare import Prepared
@@ -38,6 +39,7 @@ class Stepper:
         self.opt, self.scaler, self.params, self.raw_model = opt, scaler, params, raw_model
         self.dist, self.grad_clip = dist, grad_clip
         self.weight = 1.0
+        self.averager: WeightAverage | None = None   # --wa: updated after every step
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
@@ -64,6 +66,8 @@ class Stepper:
         scaler.step(opt)
         scaler.update()
         dist.average_buffers(self.raw_model)
+        if self.averager is not None:   # identical weights on every process: identical averages
+            self.averager.update(self.raw_model)
         return grad
 
 
@@ -77,6 +81,7 @@ class RunState:
     train_cpu_seconds: float = 0.0  # CPU seconds of training so far (summed over the processes)
     best_score: list = field(default_factory=lambda: [-1.0, -1.0])   # the checkpoint selection's score of best.pt
     best_epoch: int = 0            # the epoch best.pt holds
+    best_weights: str = "raw"      # which weights best.pt holds: "raw", or "averaged" (--wa)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +127,11 @@ class Run:
     @property
     def scaler(self) -> torch.amp.GradScaler:
         return self.stepper.scaler
+
+    @property
+    def averager(self) -> WeightAverage | None:
+        """--wa's running average of the weights (None without it)."""
+        return self.stepper.averager
 
 
 @dataclass

@@ -31,12 +31,13 @@ def save_epoch(run: Run, record: dict, improved: bool) -> None:
         # last.pt first: a process killed while writing best.pt leaves a resumable folder, and
         # resuming rewrites best.pt from last.pt when it is the best (see _restore_best)
         extra = {"ranks": ranks, "world_size": dist.world_size} if ranks else {}
+        averaged = {"averager": run.averager.state_dict()} if run.averager is not None else {}
         save_checkpoint(folder.last, {**payload, "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
                                       "method": run.method.state_dict(), "state": run.state.to_dict(),
-                                      "rng": _rng_state(device), "guard": run.guard.state_dict(), **extra})
+                                      "rng": _rng_state(device), "guard": run.guard.state_dict(), **averaged, **extra})
         log.checkpoint(folder.last)
         if improved:
-            save_checkpoint(folder.best, payload)
+            save_checkpoint(folder.best, _best_payload(payload, run.state.best_weights, averaged.get("averager")))
             log.checkpoint(folder.best)
 
     dist.main_only(save)
@@ -54,6 +55,8 @@ def restore(run: Run) -> None:
     mine = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
     run.method.load_state_dict(mine["method"])
     run.guard.load_state_dict(ckpt.get("guard"))
+    if run.averager is not None:
+        run.averager.load_state_dict(ckpt["averager"])
     if len(saved) == dist.world_size or dist.is_main:
         _set_rng(mine["rng"], device)
     else:   # another number of processes than when saved: fresh streams for the other processes
@@ -76,8 +79,16 @@ def _restore_best(out: Path, ckpt: dict, spec: dict) -> None:
     except FastrobustError:
         current = None
     if current != state["epoch"]:
-        save_checkpoint(path, {"model_spec": spec, "model": ckpt["model"], "config": ckpt["config"],
-                               "epoch": ckpt["epoch"], "version": ckpt.get("version", __version__)})
+        payload = {"model_spec": spec, "model": ckpt["model"], "config": ckpt["config"], "epoch": ckpt["epoch"],
+                   "version": ckpt.get("version", __version__)}
+        save_checkpoint(path, _best_payload(payload, state.get("best_weights", "raw"), ckpt.get("averager")))
+
+
+def _best_payload(payload: dict, weights: str, averager: dict | None) -> dict:
+    """best.pt's content: the raw weights, or --wa's averaged ones when they were selected."""
+    if weights == "averaged" and averager is not None:
+        return {**payload, "model": averager["state"], "weights": "averaged"}
+    return {**payload, "weights": "raw"}
 
 
 def _rng_state(device: torch.device) -> dict:

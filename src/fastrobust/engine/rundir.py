@@ -109,12 +109,15 @@ def epoch_line(r: dict, epochs: int) -> str:
                     for k, v in r.items() if k not in _CORE_KEYS)
     return (f"epoch {r['epoch']}/{epochs}: loss {r['train_loss']:.4f} acc {pct(r['train_acc'])} | "
             f"val clean {pct(r['val_clean_acc'])} robust {pct(r['val_robust_acc'])} | "
+            + (f"averaged clean {pct(r['val_wa_clean_acc'])} robust {pct(r['val_wa_robust_acc'])} | "
+               if "val_wa_robust_acc" in r else "") +
             f"{r['passes']:.1f} passes/ex, {r['epoch_seconds']:.1f} s (lr {r['lr']:.3g}, eps {r['eps']:.3g}){extra}")
 
 
 _CORE_KEYS = {"epoch", "lr", "eps", "train_loss", "train_acc", "val_clean_acc", "val_robust_acc",
               "epoch_passes", "passes", "epoch_seconds", "train_seconds",
-              "epoch_cpu_seconds", "train_cpu_seconds", "guard", "val_fgsm_acc"}
+              "epoch_cpu_seconds", "train_cpu_seconds", "guard", "val_fgsm_acc", "val_wa_clean_acc",
+              "val_wa_robust_acc"}
 
 NOT_LEARNED_HINT = ("train longer, ramp eps up over more epochs (--eps-warmup {longer}; this run: {warmup}), or "
                     "lower --eps or --lr; summary.json records learned: false")

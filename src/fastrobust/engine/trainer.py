@@ -31,10 +31,11 @@ from ..errors import FastrobustError
 from ..methods import MethodContext, get_method
 from ..runfolder import RunFolder
 from . import callbacks as _callbacks
+from .averaging import WeightAverage
 from .checkpoint import build_model, load_checkpoint, model_spec
 from .compile import compile_model
 from .device import pick_device
-from .hardware import peak_memory
+from .hardware import optimizer_options, peak_memory
 from .distributed import Dist, env_world_size, global_batch_sizes, init_from_env, peer_lost
 from .guard import Guard, guard_note
 from .loop import EpochResult, Run, Stepper, train_epoch
@@ -42,6 +43,7 @@ from .persist import restore, save_epoch
 from .prepare import make_loader, prepare_for
 from .rundir import NOT_LEARNED_HINT, FolderClaim, RunLog, finished_summary, pct, read_metrics, resume_config
 from .schedules import LRSchedule
+from .selection import select_best
 from .validation import evaluate_sharded
 
 __all__ = ["train"]
@@ -182,21 +184,26 @@ def _build_run(prep, folder: RunFolder, log: RunLog, dist: Dist, device: torch.d
     if cfg.compile:
         model = compile_model(model)   # one graph per shape; attacks without weight gradients
     params = [p for p in raw_model.parameters() if p.requires_grad]
+    fused = optimizer_options(cfg, device)   # fp16 on CUDA: the loss scaler's inf check stays on the device
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     method = get_method(cfg.method)(
         MethodContext(num_classes=info.num_classes, input_std=raw_model.input_std.to(device), epochs=cfg.epochs,
                       batches_per_epoch=len(loader), all_reduce_sum=dist.all_reduce_sum,
-                      threat=threat_model(cfg.norm), eps=cfg.eps, alpha=cfg.alpha, eps_warmup=cfg.eps_warmup),
+                      threat=threat_model(cfg.norm), eps=cfg.eps, alpha=cfg.alpha, eps_warmup=cfg.eps_warmup,
+                      label_smoothing=cfg.label_smoothing),
         **cfg.method_params,
     )
+    stepper = Stepper(opt, scaler, params, raw_model, dist, cfg.grad_clip)
+    if cfg.wa is not None:
+        stepper.averager = WeightAverage(raw_model, cfg.wa, cfg.wa_warmup)
     return Run(cfg=cfg, prep=prep, folder=folder, dist=dist, device=device, log=log, progress=job.progress,
                loader=loader, spec=spec, raw_model=raw_model, model=model,
-               stepper=Stepper(opt, scaler, params, raw_model, dist, cfg.grad_clip),
+               stepper=stepper,
                schedule=LRSchedule.from_config(cfg), method=method,
                autocast=(lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext,
                sizes=global_batch_sizes(len(prep.train), cfg.batch_size),
@@ -230,7 +237,7 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     if event:
         record["guard"] = event
     # a marked epoch leaves best-checkpoint selection only when --guard acted on it (restored or changed the attack)
-    improved = not (collapse and run.guard.enabled) and _select_best(run, val, result.epoch)
+    improved = not (collapse and run.guard.enabled) and select_best(run.state, val, result.epoch, run.method.selects_by, run.averager is not None)
     if improved:
         run.guard.remember(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
     save_epoch(run, record, improved)
@@ -245,7 +252,13 @@ def _validate(run: Run) -> dict:
     # FGSM (one step of eps from x): far above PGD is the signature of catastrophic overfitting (engine/guard.py)
     fgsm = evaluate_sharded(run.raw_model, run.prep.val, run.dist, tag="val-fgsm", steps=1, alpha=cfg.eps,
                             loss="ce", random_start=False, **common)
-    return {**val, "fgsm_acc": fgsm["robust_acc"]}
+    val = {**val, "fgsm_acc": fgsm["robust_acc"]}
+    if run.averager is not None:   # --wa: the averaged weights, validated the same way
+        with run.averager.swapped_into(run.raw_model):
+            wa = evaluate_sharded(run.raw_model, run.prep.val, run.dist, tag="val-wa", steps=cfg.val_steps,
+                                  alpha=run.val_alpha, loss="cw", **common)
+        val.update(wa_clean_acc=wa["clean_acc"], wa_robust_acc=wa["robust_acc"])
+    return val
 
 
 def _epoch_record(run: Run, result: EpochResult, val: dict) -> dict:
@@ -256,25 +269,12 @@ def _epoch_record(run: Run, result: EpochResult, val: dict) -> dict:
         "train_loss": result.loss, "train_acc": result.acc,
         "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
         "val_fgsm_acc": val.get("fgsm_acc"), "epoch_passes": result.passes, "passes": state.passes,
+        **({"val_wa_clean_acc": val["wa_clean_acc"], "val_wa_robust_acc": val["wa_robust_acc"]}
+           if "wa_robust_acc" in val else {}),
         "epoch_seconds": result.seconds, "train_seconds": state.train_seconds,
         "epoch_cpu_seconds": result.cpu_seconds, "train_cpu_seconds": state.train_cpu_seconds,
         **run.method.state(),
     }
-
-
-def _select_best(run: Run, val: dict, epoch: int) -> bool:
-    """Whether the model after ``epoch`` is the best so far (then recorded in the run's state).
-
-    Best = highest validation robust accuracy, ties broken by clean accuracy, or the other way round
-    for a method that selects by clean accuracy (natural training); no validation split: the last epoch."""
-    state = run.state
-    score = [val["robust_acc"], val["clean_acc"]] if val["n"] else [0.0, 0.0]
-    if run.method.selects_by == "clean":
-        score.reverse()
-    improved = val["n"] == 0 or score > state.best_score
-    if improved:
-        state.best_score, state.best_epoch = score, epoch
-    return improved
 
 
 # ---- the end ------------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def _summary(run: Run, test: dict, test_alpha: float) -> tuple[dict, str | None]
         "eps": cfg.eps, "alpha": cfg.alpha, "method_params": cfg.method_params, "seed": cfg.seed,
         "passes_per_example": state.passes, "train_seconds": state.train_seconds,
         "train_cpu_seconds": state.train_cpu_seconds, "torch_threads": torch.get_num_threads(),
-        "best_epoch": state.best_epoch,
+        "best_epoch": state.best_epoch, "wa": cfg.wa, "best_weights": state.best_weights,
         "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
         "last_val_robust_acc": records[-1].get("val_robust_acc"),
         "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],

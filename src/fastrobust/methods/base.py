@@ -112,6 +112,7 @@ class MethodContext:
     eps: float = 0.0                   # the run's full radius and step (a batch's may be smaller during warm-up)
     alpha: float = 0.0
     eps_warmup: float = 0.0            # epochs of the eps ramp (see --eps-warmup)
+    label_smoothing: float = 0.0       # of the training loss's cross-entropy terms (--label-smoothing); attacks: none
 
 
 class Stateful:

@@ -170,7 +170,7 @@ def replay_minibatch(self: Composed, model, batch: Batch, step) -> StepOutput:
     def weight_step(k, x, delta, y):   # the replay's one forward/backward: the weight step and the input gradient
         x_adv = (x + delta).detach().requires_grad_(True)
         last["logits"] = logits = model(x_adv)
-        last["loss"] = loss = cross_entropy(logits, y)
+        last["loss"] = loss = cross_entropy(logits, y, self.ctx.label_smoothing)
         return step(loss, wrt=x_adv), logits
 
     # the delta steps are the shared attack loop's; keep the last replay's gradient for the schedule (M+)

@@ -77,7 +77,7 @@ class GradAlign(SingleStep):
             # FGSM from x: its input gradient at x is also the regulariser's first gradient (the same point)
             delta, grad1, passes = ascend(model, x, torch.zeros_like(x), 1, batch.alpha, eps, tm, y, keep_grad=True)
             logits = model((x + delta).clamp(0, 1))
-            loss = cross_entropy(logits, y)
+            loss = cross_entropy(logits, y, self.ctx.label_smoothing)
             passes += n * FORWARD
             if self.lam > 0:
                 noisy = (x + tm.random_delta(x, eps)).requires_grad_(True)
@@ -126,7 +126,7 @@ class ZeroGrad(SingleStep):
         with torch.enable_grad():
             delta, _, passes = ascend(model, x, tm.random_delta(x, eps), 1, batch.alpha, eps, tm, y, step=masked_step)
         logits = model(x + delta)
-        loss = cross_entropy(logits, y)
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing)
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes + len(x))
@@ -169,7 +169,7 @@ class CleanGuided(SingleStep):
         n, lam = len(x), self.lam_now()
         clean = model(x)
         if not lam:   # NuAT's first epoch: the weight step is CE(f(x), y) alone and reads no attack: none is run
-            loss = cross_entropy(clean, y)
+            loss = cross_entropy(clean, y, self.ctx.label_smoothing)
             step(loss)
             self.counter += 1
             return StepOutput(loss.detach(), clean.detach(), float(n))
@@ -184,7 +184,7 @@ class CleanGuided(SingleStep):
         with preserved_mode(model, self.attack_eval), torch.enable_grad():
             delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, objective=objective)
         logits = model(x + delta)
-        loss = cross_entropy(clean, y) + lam * self.reg(clean, logits) / n
+        loss = cross_entropy(clean, y, self.ctx.label_smoothing) + lam * self.reg(clean, logits) / n
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 2 * BACKWARD))
@@ -492,7 +492,7 @@ class FGSMUAP(SingleStep):
             start = tm.project(self.u.to(x.dtype)[group], x, eps)
             delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
         logits = model(x + delta)
-        loss = cross_entropy(logits, y) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
         step(loss)
         self._update(kept["grad"], group, groups, radius)
         self.counter += 1
@@ -625,7 +625,7 @@ class FGSMPGI(PriorGuided):
         with torch.enable_grad():
             adv, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
         logits = model(x + adv)
-        loss = cross_entropy(logits, y) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
         step(loss)
         g = kept["grad"]
         momentum = g / g.abs().sum().clamp_min(1e-30) + self.decay * momentum

@@ -15,9 +15,10 @@ from torch.nn import functional as F
 from .base import Component, Param
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy computed in float32 (safe under autocast)."""
-    return nn.functional.cross_entropy(logits.float(), y)
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy computed in float32 (safe under autocast), against labels smoothed by ``smoothing``
+    (the run's --label-smoothing for a training loss; attacks use the hard labels)."""
+    return nn.functional.cross_entropy(logits.float(), y, label_smoothing=smoothing)
 
 
 def kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -36,15 +37,17 @@ class CE(Component):
 
     def __call__(self, model, x, x_adv, y):
         logits = model(x_adv)
-        return cross_entropy(logits, y), logits, 1.0
+        return cross_entropy(logits, y, self.ctx.label_smoothing), logits, 1.0
 
 
-def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+                smoothing: float = 0.0) -> torch.Tensor:
     """``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, both averaged over the batch (KL batchmean)."""
-    return cross_entropy(logits_nat, y) + beta * kl_per_example(logits_nat, logits_adv).mean()
+    return cross_entropy(logits_nat, y, smoothing) + beta * kl_per_example(logits_nat, logits_adv).mean()
 
 
-def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+              smoothing: float = 0.0) -> torch.Tensor:
     """MART's outer loss, averaged over the batch:
 
     ``BCE(p(x_adv), y) + beta * KL(p(x) || p(x_adv)) * (1 - p_y(x))`` with the boosted CE
@@ -59,7 +62,7 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     log_rest = adv.masked_fill(runner_up, float("-inf")).logsumexp(1) - adv.logsumexp(1)
     p_true = F.softmax(logits_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
     robust = kl_per_example(logits_nat, logits_adv) * (1 - p_true)
-    return cross_entropy(adv, y) - log_rest.mean() + beta * robust.mean()
+    return cross_entropy(adv, y, smoothing) - log_rest.mean() + beta * robust.mean()
 
 
 class PairLoss(Component):
@@ -74,7 +77,7 @@ class PairLoss(Component):
 
     def __call__(self, model, x, x_adv, y):
         logits_nat, logits_adv = model(x), model(x_adv)
-        return self.fn(logits_nat, logits_adv, y, self.v["beta"]), logits_adv, 2.0
+        return self.fn(logits_nat, logits_adv, y, self.v["beta"], self.ctx.label_smoothing), logits_adv, 2.0
 
 
 def TRADES() -> PairLoss:
