@@ -113,9 +113,10 @@ def test_a_run_far_below_its_fgsm_accuracy_collapsed_even_if_never_robust(tmp_pa
 
 @pytest.mark.slow
 def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path, monkeypatch):
-    """The remembered state is epoch 1 (0% PGD). Epoch 3 collapses at 1% (no better): restored. Epochs 4 and 5
-    climb back (9, 19% PGD) but FGSM still barely hurts them: kept, not rolled back, with a stronger attack each."""
-    script_validation(monkeypatch, [(0.0, 0.01), (0.0, 0.02), (0.01, 0.84), (0.09, 0.84), (0.19, 0.86)])
+    """The remembered state is epoch 1 (2% PGD, the best: epoch 2 has 0%). Epoch 3 collapses at 1% (no better):
+    restored. Epochs 4 and 5 climb back (9, 19% PGD) but FGSM still barely hurts them: kept, not rolled back, with a
+    stronger attack each."""
+    script_validation(monkeypatch, [(0.02, 0.03), (0.0, 0.02), (0.01, 0.84), (0.09, 0.84), (0.19, 0.86)])
     saved = {}
     real_save = trainer.save_epoch
 
@@ -127,7 +128,7 @@ def test_the_guard_keeps_a_partial_recovery_instead_of_rolling_it_back(tmp_path,
     out, metrics, summary = run(tmp_path, "--guard")
     events = summary["guard_events"]
     assert [(e["epoch"], e["restored_epoch"]) for e in events] == [(3, 1), (4, None), (5, None)]
-    assert all(e["not_restored"] == {"epoch": 1, "val_robust_acc": 0.0} for e in events[1:])
+    assert all(e["not_restored"] == {"epoch": 1, "val_robust_acc": 0.02} for e in events[1:])
     assert [m["epoch_passes"] for m in metrics] == [2, 2, 2, 5, 9]          # 4 steps (the floor), then 8
     same = [all(torch.equal(saved[e][k], saved[1][k]) for k in saved[1]) for e in (3, 4, 5)]
     assert same == [True, False, False]                                     # epoch 3 rolled back, 4 and 5 kept
