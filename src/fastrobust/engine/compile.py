@@ -12,7 +12,10 @@
 * The variants of one shape (the attack's forward without weight gradients, the training forward, an
   attack in eval mode, TRADES' target forward without a graph) are separate graphs too; the recompile limit
   is raised to :data:`RECOMPILE_LIMIT` so that none of them falls back to eager.
-* The optimizer step stays eager (see docs: compiling it measured no gain on the CPU).
+* The optimizer step stays eager, by measurement (CPU, 1 thread): it is at most 0.7% of a PGD-10 iteration
+  (mnist-cnn with Adam: 0.79 ms eager, 0.44 ms compiled, against 9.8 ms per attack pass; PreActResNet-18
+  width 16 with SGD: 1.47 ms against 356 ms, 0.04%), and the learning rate changes every minibatch, a
+  Python float that a compiled step would guard on (a recompile per value unless made a tensor).
 
 :func:`compile_counts` reads torch._dynamo's counters (graphs compiled, recompiles), for the log and the
 test that nothing is compiled after the first epoch (torch's ``counters["recompiles"]`` stays empty without
