@@ -142,3 +142,12 @@ def test_fp16_on_cuda_takes_the_fused_optimizer_whose_scaler_step_reads_nothing_
         scaler.step(opt)
         scaler.update()
         assert len(reads) == (0 if fused else 1), (make, fused)   # the host read the fused step does without
+
+
+def test_the_flags():
+    from fastrobust.cli import build_parser
+
+    args = vars(build_parser().parse_args(["train", "--amp", "none", "--no-channels-last"]))
+    assert args["cfg__amp"] == "none" and args["cfg__channels_last"] is False
+    args = vars(build_parser().parse_args(["train", "--channels-last"]))
+    assert args["cfg__channels_last"] is True and "cfg__amp" not in args   # not given: the default, auto
