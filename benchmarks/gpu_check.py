@@ -287,7 +287,9 @@ class Check:
         (a, b) = got.values()
         agree = abs(a[0] - b[0]) <= 0.03 and abs(a[1] - b[1]) <= 0.03
         log(f"   fixed seed, fp32: " + ", ".join(f"{w} clean {c:.1%} PGD-5 {r:.1%}" for w, (c, r) in got.items())
-            + f": {'agree' if agree else 'DISAGREE'} (within 3 points)")
+            + f": {'agree' if agree else 'DISAGREE'} (within 3 points"
+            + ("; fp32 on CUDA with TF32 matmuls and convolutions allowed, fastrobust's setting there)"
+               if self.device == "cuda" else ")"))
         self.rows.append({"part": "agreement", "label": " vs ".join(got), "method": "pgd", "accuracies": got,
                           "agree": agree})
 
