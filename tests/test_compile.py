@@ -87,7 +87,10 @@ TINY = dict(dataset="mnist-subset", train_subset=230, val_size=50, test_subset=5
 
 
 @pytest.mark.parametrize("method, params", [("pgd", {"steps": 2}), ("fat", {"steps": 3, "tau": 0}),
-                                            ("trades", {"steps": 2}), ("gaat", {"steps": 3})])
+                                            ("trades", {"steps": 2}),
+                                            # graph-free checks at tau 0.7: sub-batch refreshes of 1 to 61
+                                            # examples here, which would compile a graph per size
+                                            ("gaat", {"steps": 5, "check_graph": False, "tau": 0.7})])
 def test_nothing_is_compiled_after_the_first_epoch(tmp_path, recorder, method, params):
     counts = CountsPerEpoch()
     summary = fastrobust.train(TrainConfig(**TINY, method=method, method_params=params, out=str(tmp_path / "r")),
