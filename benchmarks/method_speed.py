@@ -35,8 +35,8 @@ def parse_spec(spec: str) -> tuple[str, dict, float | None]:
     return name, params, None if alpha is None else parse_number(alpha, f"{spec!r}: alpha")
 
 
-def time_method(run: Path, cfg: TrainConfig, spec: str, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                num_classes: int, ratio: float) -> tuple[float, float, float]:
+def time_method(run: Path, cfg: TrainConfig, spec: str, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                num_classes: int, ratio: float, examples: int = 0) -> tuple[float, float, float]:
     """(wall s, CPU s, passes per example) of ``spec`` on ``batches``, from the run's best weights."""
     name, given, alpha = parse_spec(spec)
     cls = get_method(name)
@@ -47,7 +47,8 @@ def time_method(run: Path, cfg: TrainConfig, spec: str, batches: list[tuple[torc
         p.requires_grad_(True)
     opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam" else
            torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
-    ctx = MethodContext(num_classes=num_classes, input_std=model.input_std, epochs=1, batches_per_epoch=len(batches))
+    ctx = MethodContext(num_classes=num_classes, input_std=model.input_std, epochs=1, batches_per_epoch=len(batches),
+                        examples=examples)
     method = cls(ctx, **params)
 
     def step(loss, wrt=None):
@@ -61,8 +62,8 @@ def time_method(run: Path, cfg: TrainConfig, spec: str, batches: list[tuple[torc
     torch.manual_seed(cfg.seed)
     passes, seen = 0.0, 0
     start, cpu = time.perf_counter(), time.process_time()
-    for x, y in batches:
-        passes += method.train_batch(model, Batch(x, y, cfg.eps, alpha), step).passes
+    for x, y, index in batches:   # index: the examples' rows (FGSM-PGI and FGSM-PCO keep a perturbation per row)
+        passes += method.train_batch(model, Batch(x, y, cfg.eps, alpha, index), step).passes
         seen += len(y)
     return time.perf_counter() - start, time.process_time() - cpu, passes / seen
 
@@ -82,12 +83,12 @@ def main() -> None:
     data = load_dataset(cfg.dataset, args.data_dir or cfg.data_dir)
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=g)[:args.batches * cfg.batch_size]
-    batches = [(data.train.x[idx].float().div(255), data.train.y[idx]) for idx in order.split(cfg.batch_size)]
+    batches = [(data.train.x[idx].float().div(255), data.train.y[idx], idx) for idx in order.split(cfg.batch_size)]
     results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in args.methods}
     for r in range(args.rounds):
         for spec in (args.methods if r % 2 == 0 else args.methods[::-1]):
             results[spec].append(time_method(args.run, cfg, spec, batches, data.info.num_classes,
-                                             data.info.alpha / data.info.eps))
+                                             data.info.alpha / data.info.eps, len(data.train)))
     med = {m: [statistics.median(v[i] for v in rs) for i in range(3)] for m, rs in results.items()}
     ref = med[args.methods[0]]
     print(f"{len(batches)} minibatches of {cfg.batch_size} from {cfg.dataset}, eps {cfg.eps:.4g}, weights of "

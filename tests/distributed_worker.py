@@ -53,7 +53,8 @@ def probe_class(cls):
         def on_epoch_end(self, epoch):
             super().on_epoch_end(epoch)
             record = {"method": cls.name, "epoch": epoch, "state": self.state(),
-                      "next_level": self.schedule_.level, "weights": state_digest(self.model)}
+                      "next_level": getattr(getattr(self, "schedule_", None), "level", None),   # leaders: none
+                      "weights": state_digest(self.model)}
             with open(Path(os.environ["PROBE_DIR"]) / f"rank{self.rank}.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             self.epoch, self.batch = epoch + 1, 0

@@ -81,8 +81,14 @@ def make_method(name, epochs=3, input_std=None, all_reduce_sum=None, lr=0.1, eps
     return model, method, step, calls
 
 
+def rows(n, b=0):
+    """The training-split rows (Batch.index) of minibatch ``b`` of ``n`` examples: n*b .. n*b + n - 1."""
+    return torch.arange(n * b, n * b + n)
+
+
 def run_epochs(model, method, step, epochs, n=24, batches=2, eps=EPS, alpha=EPS / 4, first=0):
-    """Train ``epochs`` epochs of ``batches`` synthetic minibatches; returns (state() per epoch, passes per epoch / n)."""
+    """Train ``epochs`` epochs of ``batches`` synthetic minibatches (minibatch b: examples ``rows(n, b)``);
+    returns (state() per epoch, passes per epoch / n)."""
     from fastrobust.methods import Batch
 
     states, passes = [], []
@@ -90,7 +96,7 @@ def run_epochs(model, method, step, epochs, n=24, batches=2, eps=EPS, alpha=EPS 
         total = 0.0
         for b in range(batches):
             x, y = synthetic(n, seed=b)
-            total += method.train_batch(model, Batch(x, y, eps, alpha), step).passes
+            total += method.train_batch(model, Batch(x, y, eps, alpha, rows(n, b)), step).passes
         method.on_epoch_end(epoch)
         states.append(method.state())
         passes.append(total / (n * batches))

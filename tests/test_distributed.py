@@ -164,6 +164,31 @@ def test_every_method_runs_unchanged_with_identical_processes(tmp_path):
 
 
 @pytest.mark.slow
+def test_per_example_memory_is_every_processs_and_resumes_exactly_under_torchrun(tmp_path):
+    """FGSM-PGI keeps a row per training example, each process writing its own examples' rows: the rows are
+    exchanged at each epoch's end, so both processes save the same memory, and a run whose process 1 fails in
+    epoch 3 resumes to the uninterrupted run's weights and memory. 201 examples in minibatches of 50: the last
+    global minibatch (1 example) is trained by no process (its row: the processes' mean, the same on both)."""
+    args = [str(WORKER), "train", "--method", "fgsm-pgi-probe", "--epochs", "3", "--train-subset", "201",
+            "--batch-size", "50", "--val-size", "100", "--test-subset", "100", "--val-steps", "1", "--test-steps", "1",
+            "--eval-batch-size", "50", "--lr-schedule", "constant", "--dist-timeout", "60", "--no-progress"]
+    full = torchrun([*args, "--out", "full"], tmp_path, PROBE_DIR=str(tmp_path))
+    assert full.returncode == 0, output(full)[-4000:]
+    assert torchrun([*args, "--out", "killed"], tmp_path, PROBE_DIR=str(tmp_path), PROBE_FAIL="2,1,1").returncode != 0
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    resumed = torchrun([str(WORKER), "train", "--resume", "--out", "killed", "--no-progress"], tmp_path,
+                       PROBE_DIR=str(tmp_path))
+    assert resumed.returncode == 0, output(resumed)[-4000:]
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("full", "killed"))
+    assert digest(a["model"]) == digest(b["model"])
+    for ckpt in (a, b):
+        mine, other = (rank["method"]["memory"] for rank in ckpt["ranks"])
+        assert set(mine) == {"delta", "momentum"} and mine["delta"].shape == (201, 1, 28, 28)
+        assert all(torch.equal(mine[k], other[k]) for k in mine)
+    assert all(torch.equal(a["method"]["memory"][k], b["method"]["memory"][k]) for k in ("delta", "momentum"))
+
+
+@pytest.mark.slow
 def test_failing_rank_ends_the_job_and_resume_under_torchrun_continues_exactly(probed_run, tmp_path):
     # rank 1 raises at its second batch of the third epoch; rank 0 is then waiting for it in a collective
     proc = torchrun([str(WORKER), *PROBE_ARGS, "--out", "run"], tmp_path, PROBE_DIR=str(tmp_path), PROBE_FAIL="2,1,1")

@@ -94,9 +94,9 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
-    kw = dict(method="free", epochs=3, method_params={"replays": 2}, seed=3)
+def _kill_after_epoch_1_and_resume(tmp_path, monkeypatch, kw):
+    """Train ``kw`` uninterrupted ("full") and killed after epoch 1's last.pt then resumed ("killed"): the two
+    end with the same weights, metrics and test results. Returns the killed run's last.pt after epoch 1."""
     train(_cfg(tmp_path, "full", **kw), progress=False, echo=lambda s: None)
 
     real_save = ckpt_mod.save_checkpoint
@@ -112,7 +112,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr("fastrobust.engine.persist.save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(_cfg(tmp_path, "killed", **kw), progress=False, echo=lambda s: None)
-    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
+    killed = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert killed["epoch"] == 1
     summary = train(_cfg(tmp_path, "killed", **kw), resume=True, progress=False, echo=lambda s: None)
 
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
@@ -122,6 +123,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     assert strip(_lines(tmp_path / "full" / "metrics.jsonl")) == strip(_lines(tmp_path / "killed" / "metrics.jsonl"))
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["test_robust_acc"] == full["test_robust_acc"] and summary["passes_per_example"] == full["passes_per_example"]
+    return killed
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
+    _kill_after_epoch_1_and_resume(tmp_path, monkeypatch, dict(method="free", epochs=3, method_params={"replays": 2},
+                                                               seed=3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fgsm-pgi", "fgsm-pco"])
+def test_resume_of_a_method_with_per_example_memory_matches_uninterrupted_run(tmp_path, monkeypatch, method):
+    """FGSM-PGI and FGSM-PCO keep a perturbation per training example (addressed by Batch.index, which the
+    loader gives): last.pt holds it, a row per example of the training split, and the resumed run continues
+    from it exactly (a memory drawn afresh would start other perturbations and end with other weights)."""
+    killed = _kill_after_epoch_1_and_resume(tmp_path, monkeypatch, dict(method=method, epochs=3, seed=3))
+    memory = killed["method"]["memory"]
+    assert set(memory) == ({"delta", "momentum"} if method == "fgsm-pgi" else {"delta"})
+    delta = memory["delta"]
+    assert delta.shape == (SMALL["train_subset"], 1, 28, 28)
+    # within eps; zero for the examples of the first minibatch (eps 0 at the start of the warm-up) only
+    assert delta.abs().max() <= SMALL["eps"] + 1e-6 and (delta.abs().amax((1, 2, 3)) > 0).sum() >= 250
 
 
 def test_resume_refuses_changed_config(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastrobust.methods import Batch, list_methods
-from helpers import EPS, ForwardCounter, make_method, synthetic
+from helpers import EPS, ForwardCounter, make_method, rows, synthetic
 
 METHODS = [cls.name for cls in list_methods()]
 # small attacks, so that every method runs quickly (a method uses those of its parameters it has)
@@ -38,7 +38,7 @@ def test_reported_passes_equal_the_work_counted(name, norm):
             for b in range(2):
                 before = fwd.examples / 3 + 2 * bwd.examples / 3
                 x, y = synthetic(24, seed=b)
-                out = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step)
+                out = method.train_batch(model, Batch(x, y, EPS, EPS / 4, rows(24, b)), step)
                 assert out.passes == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3 - before), (epoch, b)
                 assert out.logits.shape == (24, 3) and out.loss.ndim == 0 and not out.loss.requires_grad
             method.on_epoch_end(epoch)
@@ -50,7 +50,7 @@ def test_loss_decreases_on_a_small_batch(name):
     x, y = synthetic(96)
     losses = []
     for epoch in range(6):
-        losses += [method.train_batch(model, Batch(x, y, 0.05, 0.0125), step).loss.item() for _ in range(5)]
+        losses += [method.train_batch(model, Batch(x, y, 0.05, 0.0125, rows(96)), step).loss.item() for _ in range(5)]
         method.on_epoch_end(epoch)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
 
@@ -107,12 +107,12 @@ def test_strengthen_adds_work_and_keeps_the_accounting(name):
     model, method, step, _ = make_method(name, **small(name))
     x, y = synthetic(24)
     method.on_epoch_end(0)              # growing methods: past their first level
-    before = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step).passes
+    before = method.train_batch(model, Batch(x, y, EPS, EPS / 4, rows(24)), step).passes
     change = method.strengthen()
     fwd, bwd = ForwardCounter(model), ForwardCounter(model, backward=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        after = method.train_batch(model, Batch(x, y, EPS, EPS / 4), step).passes
+        after = method.train_batch(model, Batch(x, y, EPS, EPS / 4, rows(24)), step).passes
     assert after == pytest.approx(fwd.examples / 3 + 2 * bwd.examples / 3)
     if change is None:
         assert after == before

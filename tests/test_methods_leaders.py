@@ -185,7 +185,7 @@ def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
 
     # 160 training examples in 5 minibatches; LIET refreshes (3 classes) once per epoch
     expected = {"gradalign": 11, "zerograd": 6, "nuat": 1 + 3 + 3, "gat": 9, "fgsm-rs-cs": 6,
-                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8}
+                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-pgi": 8, "fgsm-pco": 11}
     for name, passes in expected.items():
         summary = fastrobust.fit(BNNet(), PlainDataset(192, 0), test_data=PlainDataset(48, 1), method=name,
                                  out=str(tmp_path / name), progress=False, echo=lambda s: None,
@@ -201,7 +201,7 @@ def _indexed(x, y, index, eps=EPS):
 
 @pytest.mark.parametrize("name", ["fgsm-pgi", "fgsm-pco"])
 def test_prior_guided_methods_keep_a_perturbation_per_example_and_count_their_passes(name):
-    """Not registered yet (the training loop gives no example indices): built here by class."""
+    """Built here by class, given the examples' indices by hand (the engine's loader gives them)."""
     from fastrobust.attacks import threat_model
     from fastrobust.methods import MethodContext
     from fastrobust.methods.leaders import FGSMPCO, FGSMPGI
@@ -289,3 +289,46 @@ def test_prior_guided_methods_learn_and_resume_exactly(name):
     fresh.load_state_dict(copy.deepcopy(saved["method"]))
     torch.set_rng_state(saved["rng"])
     assert epochs(model2, fresh, step2, 2, 4) == go_on
+
+
+def test_example_memory_gathers_every_processs_rows_at_the_end_of_an_epoch():
+    """Under torchrun each process writes the rows of its own examples: gather() (on_epoch_end) gives every
+    process every row as its writer left it, and a row that no process wrote the processes' mean; on one
+    process it changes nothing. Tables are made whole (ctx.examples rows) at their first use."""
+    import threading
+
+    from fastrobust.methods.leaders import ExampleMemory
+
+    slots, barrier = [None, None], threading.Barrier(2)
+
+    def all_reduce_sum(rank):
+        def reduce(t):
+            slots[rank] = t.clone()
+            barrier.wait()
+            out = slots[0] + slots[1]
+            barrier.wait()
+            return out
+        return reduce
+
+    like = torch.zeros(3, 2)
+    memories = [ExampleMemory(6), ExampleMemory(6)]
+    for rank, (rows, fill) in enumerate([([0, 1, 2], 10.0), ([3, 4], 20.0)]):
+        index = torch.tensor(rows)
+        got = memories[rank].get("delta", index, like[:len(rows)], lambda t, v=fill: t.fill_(v))
+        assert memories[rank].tables["delta"].shape == (6, 2) and (got == fill).all()
+        memories[rank].put("delta", index, (index[:, None] + 1.0).expand(-1, 2))
+    threads = [threading.Thread(target=memories[r].gather, args=(all_reduce_sum(r),)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = torch.tensor([1.0, 2, 3, 4, 5, 15])[:, None].expand(-1, 2)
+    for memory in memories:
+        assert torch.equal(memory.tables["delta"], expected) and not memory.written["delta"].any()
+
+    alone = ExampleMemory(6)
+    alone.get("delta", torch.tensor([1, 4]), like[:2], lambda t: t.uniform_())
+    alone.put("delta", torch.tensor([4]), torch.full((1, 2), 0.1234567))
+    before = alone.tables["delta"].clone()
+    alone.gather(lambda t: t)
+    assert torch.equal(alone.tables["delta"], before)

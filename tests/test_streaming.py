@@ -51,6 +51,29 @@ def test_stream_loader_yields_the_device_loaders_batches_on_every_process(worker
             assert not all(torch.equal(a, b) for a, b in zip(memory_0, [x for x, _ in stream]))  # another epoch
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_with_index_both_loaders_give_each_examples_training_split_row(workers):
+    """with_index=True: (x, y, index), index the rows of the split (as FGSM-PGI/PCO address their memory), the
+    same from both loaders on every process; each row once per epoch over the processes; without it (x, y)."""
+    split = _split()
+    for world in (1, 2):
+        rows = []
+        for rank in range(world):
+            kw = dict(shuffle=True, seed=5, rank=rank, world_size=world, with_index=True)
+            memory = DeviceLoader(split, 16, **kw)
+            stream = StreamLoader(lazy(split), 16, workers=workers, **kw)
+            for loader in (memory, stream):
+                loader.set_epoch(2)
+            for (xm, ym, im), (xs, ys, is_) in zip(memory, stream, strict=True):
+                assert im.dtype == is_.dtype == torch.int64 and torch.equal(im, is_)
+                assert torch.equal(xm, split.x[im].float() / 255) and torch.equal(ym, split.y[im])
+                assert torch.equal(xm, xs) and torch.equal(ym, ys)
+                rows.append(im)
+        assert sorted(torch.cat(rows).tolist()) == list(range(len(split)))
+    assert all(len(batch) == 2 for batch in DeviceLoader(split, 16, shuffle=True))
+    assert all(len(batch) == 2 for batch in StreamLoader(lazy(split), 16, shuffle=True, workers=0))
+
+
 def test_stream_loader_leaves_the_training_random_stream_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)

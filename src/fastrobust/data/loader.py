@@ -91,11 +91,15 @@ class DeviceLoader:
     single-process batch, augmentation included. When a final partial global
     batch (``drop_last=False``) has fewer examples than ranks, some ranks get
     an empty batch: all ranks always yield the same number of batches.
+
+    With ``with_index=True`` each minibatch is ``(x, y, index)``: ``index`` holds the split's row of each
+    example (int64, on the device, sliced from the epoch's order uploaded once: no synchronisation), for
+    methods that keep state per training example. Without it, ``(x, y)``.
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, device: torch.device | str = "cpu",
                  seed: int = 0, crop_pad: int = 0, flip: bool = False, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, with_index: bool = False) -> None:
         if batch_size < 1:
             raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -108,6 +112,7 @@ class DeviceLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.crop_pad, self.flip, self.drop_last = crop_pad, flip, drop_last
         self.rank, self.world_size = rank, world_size
+        self.with_index = with_index
         self.epoch = 0
 
     def _place(self, split: Split, device) -> Split:
@@ -135,7 +140,7 @@ class DeviceLoader:
                  for i in range(len(self))]
         return torch.stack([torch.cat([d[j].long() for d in draws]) for j in range(3)])
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         # The epoch's order and augmentation are copied to the device once, without blocking: the
         # minibatches then need no host-device synchronisation.
         device = self.split.x.device
@@ -151,4 +156,4 @@ class DeviceLoader:
             if augmenting:
                 dy, dx, flips = aug[:, rows][:, shard]
                 x = _crop_flip(x, self.crop_pad, dy, dx, flips.bool())
-            yield x, self.split.y[idx]
+            yield (x, self.split.y[idx], idx) if self.with_index else (x, self.split.y[idx])

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError, FastrobustError
-from .loader import DeviceLoader, _crop_flip, _draw, _generator, _shard
+from .loader import DeviceLoader, _crop_flip, _draw, _generator, _shard, _upload
 
 STATS_SAMPLE = 512   # images whose pixels give a streamed data set's mean and std (evenly spaced)
 
@@ -192,13 +192,13 @@ class StreamLoader(DeviceLoader):
 
     def __init__(self, split: LazySplit, batch_size: int, *, shuffle: bool, device: torch.device | str = "cpu",
                  seed: int = 0, crop_pad: int = 0, flip: bool = False, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1, workers: int | None = None) -> None:
+                 world_size: int = 1, workers: int | None = None, with_index: bool = False) -> None:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
             raise ConfigError(f"workers must be an integer >= 0 (0: read in the training process), got {workers!r}")
         self.device = torch.device(device)
         self.workers = default_workers() if workers is None else workers
         super().__init__(split, batch_size, shuffle=shuffle, device="cpu", seed=seed, crop_pad=crop_pad, flip=flip,
-                         drop_last=drop_last, rank=rank, world_size=world_size)
+                         drop_last=drop_last, rank=rank, world_size=world_size, with_index=with_index)
         shape = split.source.shape
 
         def collate(items):
@@ -212,7 +212,7 @@ class StreamLoader(DeviceLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
             # keeps the DataLoader from drawing its workers' base seed from the training process's random stream
             generator=_generator(seed, "workers", rank))
-        self._started: tuple[int, object, list[int]] | None = None   # (epoch, batch iterator, global sizes)
+        self._started: tuple | None = None   # (epoch, batch iterator, global sizes, the epoch's order)
 
     def _place(self, split, device):
         return split   # the images stay where they are
@@ -228,14 +228,16 @@ class StreamLoader(DeviceLoader):
             sizes.append(len(batch))
             shards.append([(j, self.epoch) for j in batch[_shard(len(batch), self.rank, self.world_size)].tolist()])
         self._sampler.batches = shards
-        return self.epoch, iter(self._loader), sizes
+        return self.epoch, iter(self._loader), sizes, order
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         started, self._started = self._started, None
-        epoch, batches, sizes = started if started is not None and started[0] == self.epoch else self._start()
+        epoch, batches, sizes, order = started if started is not None and started[0] == self.epoch else self._start()
         augmenting = self.crop_pad > 0 or self.flip
         aug_gen = _generator(self.seed, self.epoch, "augment")
-        for n_global in sizes:
+        # the rows, as DeviceLoader gives them: the epoch's order copied to the device once, without blocking
+        order = _upload(order, self.device) if self.with_index else None
+        for i, n_global in enumerate(sizes):
             try:
                 xb, yb = next(batches)
             except FastrobustError as exc:
@@ -245,7 +247,11 @@ class StreamLoader(DeviceLoader):
             if augmenting:
                 params = _draw(n_global, self.crop_pad, self.flip, aug_gen, torch.device("cpu"))
                 x = _crop_flip(x, self.crop_pad, *(p[_shard(n_global, self.rank, self.world_size)] for p in params))
-            yield x, y
+            if self.with_index:
+                rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+                yield x, y, rows[_shard(n_global, self.rank, self.world_size)]
+            else:
+                yield x, y
 
 
 def _from_worker(exc: FastrobustError) -> FastrobustError:

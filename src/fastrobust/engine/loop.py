@@ -103,7 +103,8 @@ class Run:
     device: torch.device
     log: RunLog
     progress: bool | None
-    loader: object                 # iterates this process's (x, y) minibatches; set_epoch(e) selects the epoch
+    loader: object                 # iterates this process's (x, y, index) minibatches (or (x, y): index None);
+                                   # set_epoch(e) selects the epoch
     spec: dict                     # how to rebuild the model (saved in every checkpoint)
     raw_model: torch.nn.Module     # the model itself (its state_dict is what checkpoints hold)
     model: torch.nn.Module         # what the method trains: raw_model, or its DDP / compiled wrapper
@@ -154,8 +155,9 @@ _LOSS, _CORRECT, _SEEN, _PASSES, _BAD_BATCHES, _BAD_WEIGHTS = range(6)
 
 
 def _train_batch(run: Run, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor,
-                totals: torch.Tensor) -> tuple[float, float, StepOutput]:
-    """The method's work on minibatch ``i`` of ``epoch`` at its learning rate and eps; adds its loss, correct
+                totals: torch.Tensor, index: torch.Tensor | None = None) -> tuple[float, float, StepOutput]:
+    """The method's work on minibatch ``i`` of ``epoch`` (``index``: its examples' training-split rows, on the
+    device) at its learning rate and eps; adds its loss, correct
     predictions and non-finite flag to ``totals`` in place on the device (no host sync).
     Returns (lr, eps scale, the method's output)."""
     cfg = run.cfg
@@ -167,7 +169,7 @@ def _train_batch(run: Run, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor,
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with run.autocast():
-        out_b = run.method.train_batch(run.model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale), run.stepper)
+        out_b = run.method.train_batch(run.model, Batch(x, y, cfg.eps * scale, cfg.alpha * scale, index), run.stepper)
     loss_b = out_b.loss.detach()
     totals[_LOSS].add_(loss_b, alpha=len(y))
     totals[_CORRECT].add_((out_b.logits.argmax(1) == y).sum())
@@ -188,10 +190,10 @@ def train_epoch(run: Run, epoch: int) -> EpochResult:
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False,
                disable=True if not dist.is_main else (None if run.progress is None else not run.progress))
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y, *index) in enumerate(bar):
         if run.sizes[i] < dist.world_size:
             continue   # some process would get no example (the same on every process)
-        lr, scale, out_b = _train_batch(run, epoch, i, x, y, totals)
+        lr, scale, out_b = _train_batch(run, epoch, i, x, y, totals, index[0] if index else None)
         seen_n += len(y)
         passes_n += out_b.passes
         if i % 10 == 0 and not bar.disable:

@@ -112,7 +112,7 @@ def make_loader(prep: Prepared, dist: Dist, device: torch.device):
     by a DataLoader's workers (the same minibatches: see :mod:`fastrobust.data.stream`)."""
     cfg, info = prep.cfg, prep.info
     common = dict(shuffle=True, device=device, seed=cfg.seed, crop_pad=info.crop_pad, flip=info.flip,
-                  rank=dist.rank, world_size=dist.world_size)
+                  rank=dist.rank, world_size=dist.world_size, with_index=True)   # (x, y, training-split rows)
     if cfg.stream:
         return StreamLoader(lazy(prep.train), cfg.batch_size, workers=cfg.workers, **common)
     return DeviceLoader(prep.train, cfg.batch_size, **common)

@@ -195,7 +195,7 @@ def _build_run(prep, folder: RunFolder, log: RunLog, dist: Dist, device: torch.d
         MethodContext(num_classes=info.num_classes, input_std=raw_model.input_std.to(device), epochs=cfg.epochs,
                       batches_per_epoch=len(loader), all_reduce_sum=dist.all_reduce_sum,
                       threat=threat_model(cfg.norm), eps=cfg.eps, alpha=cfg.alpha, eps_warmup=cfg.eps_warmup,
-                      label_smoothing=cfg.label_smoothing),
+                      label_smoothing=cfg.label_smoothing, examples=len(prep.train)),
         **cfg.method_params,
     )
     stepper = Stepper(opt, scaler, params, raw_model, dist, cfg.grad_clip)

@@ -84,6 +84,9 @@ class Batch:
     y: torch.Tensor
     eps: float
     alpha: float
+    #: the training-split row of each example (int64, on x's device), for methods that keep state per example
+    #: across epochs (FGSM-PGI, FGSM-PCO); the engine's training loop always gives it, None where not known
+    index: torch.Tensor | None = None
 
 
 @dataclass
@@ -113,6 +116,7 @@ class MethodContext:
     alpha: float = 0.0
     eps_warmup: float = 0.0            # epochs of the eps ramp (see --eps-warmup)
     label_smoothing: float = 0.0       # of the training loss's cross-entropy terms (--label-smoothing); attacks: none
+    examples: int = 0                  # rows of the training split (what Batch.index addresses); 0: not known
 
 
 class Stateful:

@@ -533,39 +533,73 @@ class FGSMCUAP(FGSMUAP):
     classwise = True
 
 
-# ---- per-example priors: FGSM-PGI and FGSM-PCO (waiting for the examples' indices) ---------------------
+# ---- per-example priors: FGSM-PGI and FGSM-PCO (the engine gives the examples' indices, Batch.index) --------
 
 class ExampleMemory:
-    """Per-example tensors kept across epochs, addressed by the examples' dataset indices (``batch.index``),
-    grown on demand; new rows are ``fill(rows_like)``."""
+    """Per-example tensors kept across epochs, addressed by the examples' training-split rows (``batch.index``).
 
-    def __init__(self) -> None:
+    A table holds a row for each of the ``size`` examples of the training split (``MethodContext.examples``),
+    made at its first use as ``fill(rows_like)``: reading and writing rows then needs no host synchronisation.
+    With ``size`` 0 (not known: a method built by hand) a table grows on demand to the largest row asked for.
+
+    Under torchrun each process trains its shard of every minibatch, so it writes the rows of its own
+    examples only; :meth:`gather` (at the end of each epoch) gives every process every row as written by the
+    process that trained it (a row trained by no process that epoch: the processes' mean), so all processes
+    hold the same tables and a checkpoint's (rank 0's) resumes them all exactly."""
+
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
         self.tables: dict[str, torch.Tensor] = {}
+        self.written: dict[str, torch.Tensor] = {}   # per table: 1 for the rows this process wrote since gather
 
     def get(self, name: str, index: torch.Tensor, like: torch.Tensor, fill) -> torch.Tensor:
         table = self.tables.get(name)
-        need = int(index.max()) + 1
-        if table is None or len(table) < need or table.shape[1:] != like.shape[1:]:
-            fresh = fill(like.new_empty((need - (0 if table is None else len(table)), *like.shape[1:])))
-            table = fresh if table is None or table.shape[1:] != like.shape[1:] else torch.cat([table, fresh])
-            self.tables[name] = table
+        if self.size:
+            need = self.size
+        else:   # size not known: the largest row asked for (a host read; the engine always gives the size)
+            need = int(index.max()) + 1 if len(index) else 0
+        if table is None or table.shape[1:] != like.shape[1:]:
+            table = self.tables[name] = fill(like.new_empty((need, *like.shape[1:])))
+            self.written[name] = torch.zeros(need, device=table.device)
+        elif len(table) < need:
+            more = need - len(table)
+            table = self.tables[name] = torch.cat([table, fill(like.new_empty((more, *like.shape[1:])))])
+            self.written[name] = torch.cat([self.written[name], torch.zeros(more, device=table.device)])
         return table[index].clone()
 
     def put(self, name: str, index: torch.Tensor, value: torch.Tensor) -> None:
         self.tables[name][index] = value.detach()
+        self.written[name][index] = 1.0
+
+    def clear(self) -> None:
+        self.tables.clear()
+        self.written.clear()
+
+    def gather(self, all_reduce_sum) -> None:
+        """Every process's written rows to every process (the identity on one process; a collective, which every
+        process calls at the same point, once per epoch: a sum over the processes of two tensors per table)."""
+        for name, table in self.tables.items():
+            written = self.written[name]
+            counts = all_reduce_sum(torch.cat([written, torch.ones(1, device=written.device)]))
+            processes = counts[-1]
+            share = torch.where(counts[:-1] > 0, written, 1.0 / processes).to(table.dtype)
+            self.tables[name] = all_reduce_sum(table * share.view(-1, *[1] * (table.dim() - 1)))
+            self.written[name] = torch.zeros_like(written)
 
     def state_dict(self) -> dict:
         return {k: v.cpu() for k, v in self.tables.items()}
 
     def load_state_dict(self, state: dict, device) -> None:
         self.tables = {k: v.to(device) for k, v in state.items()}
+        self.written = {k: torch.zeros(len(v), device=device) for k, v in self.tables.items()}
 
 
 def _index(batch: Batch, method: str) -> torch.Tensor:
     index = getattr(batch, "index", None)
     if index is None:
         raise ConfigError(f"method {method} keeps a perturbation per training example across epochs and needs the "
-                          "examples' dataset indices (Batch.index), which this version's training loop does not give")
+                          "examples' indices (their training-split rows, Batch.index): the engine's training loop "
+                          "gives them; a Batch built by hand must set index")
     return index
 
 
@@ -574,10 +608,18 @@ class PriorGuided(SingleStep):
 
     def __init__(self, ctx, **params) -> None:
         super().__init__(ctx, **params)
-        self.memory = ExampleMemory()
+        self.memory = ExampleMemory(ctx.examples)
 
     def random_sign(self, eps):
+        """The first prior of each example: a random direction of length the run's full eps (the table is made
+        whole at its first use, possibly during the eps warm-up; each minibatch projects it onto its own eps, so
+        that an example starts from a random direction of length the eps of the minibatch that first holds it)."""
+        eps = max(eps, self.ctx.eps)
         return lambda t: eps * self.ctx.threat.direction(2 * torch.rand_like(t) - 1)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        super().on_epoch_end(epoch)
+        self.memory.gather(self.ctx.all_reduce_sum)   # under torchrun: every process's rows to every process
 
     def state_dict(self):
         return {**super().state_dict(), "memory": self.memory.state_dict()}
@@ -608,7 +650,7 @@ class FGSMPGI(PriorGuided):
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
         index, n = _index(batch, self.name), len(x)
         if self.epoch % self.reset == 0 and getattr(self, "_reset_at", None) != self.epoch:
-            self.memory.tables.clear()          # the epoch's first minibatch: fresh priors
+            self.memory.clear()                 # the epoch's first minibatch: fresh priors
             self._reset_at = self.epoch
         delta = self.memory.get("delta", index, x, self.random_sign(eps))
         momentum = self.memory.get("momentum", index, x, torch.zeros_like)
