@@ -280,8 +280,8 @@ class FGSMRSCS(SingleStep):
             sign = torch.where(change.abs() > self.gamma, change.sign(), torch.zeros_like(change))
             loss = loss + self.w * sign * at_start
             passes += n * BACKWARD      # the backward through the start's forward (also when its sign is 0)
-        self.sums += torch.stack([at_start.detach().double() * n, torch.tensor(n, dtype=torch.float64,
-                                                                                device=self.sums.device)])
+        self.sums[0].add_(at_start.detach().double(), alpha=n)   # no host value crosses to the device
+        self.sums[1].add_(n)
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes)
@@ -381,10 +381,10 @@ class LIET(SingleStep):
         wide = tm.name == "linf" and eps > 8 / 255
         delta = eps * self.li.to(x.dtype)[y]
         noise = tm.start(x, 2 * eps if wide else eps, None)    # L-inf: uniform in [-eps, eps] per component
-        share = self.mask_min + torch.rand(()).item() * (self.mask_max - self.mask_min)
+        # the minibatch's mask share and sign, drawn on the device (no host read)
+        share = self.mask_min + torch.rand((), device=x.device) * (self.mask_max - self.mask_min)
         delta = torch.where(torch.rand_like(x) < share, noise, delta)
-        if torch.rand(()).item() < 0.5:
-            delta = -delta
+        delta = torch.where(torch.rand((), device=x.device) < 0.5, -delta, delta)
         kept = {}
 
         def gradient(k, x0, d, against):   # the start's forward, its graph kept for the JS term
