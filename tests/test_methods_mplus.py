@@ -231,7 +231,7 @@ def _saved(obj):
 
 def _engine_run(tmp_path, method):
     cfg = TrainConfig(method=method, dataset="mnist-subset", train_subset=300, val_size=100, test_subset=100,
-                      batch_size=50, val_steps=3, test_steps=3, epochs=3, out=str(tmp_path / method))
+                      batch_size=50, val_steps=3, test_steps=3, epochs=3, eps_warmup=0, out=str(tmp_path / method))
     summary = train(cfg, progress=False, echo=lambda s: None)
     records = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     return summary, records
