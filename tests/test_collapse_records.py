@@ -35,6 +35,11 @@ COLLAPSES = {
     "mnist/mdeat": 4, "mnist/mdeat-s1": 4, "mnist/mdeat-s2": 4,                 # M+DEAT, seeds 0-2
     "mnist/deat-p-s2": 2,                                                       # DEAT-p, seed 2
     "guard/mdeat-a0.3-s0": 4,                                                   # M+DEAT, --alpha 0.3, seed 0
+    # the same runs with weight averaging (--wa 0.9995; -w0: no WA warm-up): it does not stop them
+    "mnist-wa/mdeat": 4, "mnist-wa/mdeat-s1": 4, "mnist-wa/mdeat-s2": 4, "mnist-wa/deat-p-s2": 2,
+    "mnist-wa-w0/mdeat": 4, "mnist-wa-w0/deat-p-s2": 2,
+    # and with label smoothing 0.4 on top (-ls): neither
+    "mnist-wa-ls/mdeat": 4, "mnist-wa-ls/mdeat-s1": 4, "mnist-wa-ls/mdeat-s2": 4, "mnist-wa-ls/deat-p-s2": 2,
 }
 
 
@@ -99,4 +104,6 @@ def test_the_runs_that_did_not_collapse():
         config, records, marked = rejudge(run)
         if not config.get("guard") and name(run) not in COLLAPSES:
             marks[name(run)] = marked
-    assert {k: v for k, v in marks.items() if v is not None} == {"mnist/deat-p": 2, "mnist/deat-p-s1": 2}
+    assert {k: v for k, v in marks.items() if v is not None} == {
+        "mnist/deat-p": 2, "mnist/deat-p-s1": 2, "mnist-wa/deat-p": 2, "mnist-wa/deat-p-s1": 2,
+        "mnist-wa-ls/deat-p": 2}

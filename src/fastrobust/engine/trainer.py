@@ -318,7 +318,9 @@ def _summary(run: Run, test: dict, test_alpha: float) -> tuple[dict, str | None]
         "passes_per_example": state.passes, "train_seconds": state.train_seconds,
         "train_cpu_seconds": state.train_cpu_seconds, "torch_threads": torch.get_num_threads(),
         "best_epoch": state.best_epoch, "wa": cfg.wa, "best_weights": state.best_weights,
-        "val_clean_acc": best_rec.get("val_clean_acc"), "val_robust_acc": best_rec.get("val_robust_acc"),
+        # the figures of the weights best.pt holds (--wa: raw or averaged)
+        **{k: best_rec.get(("val_wa_" if state.best_weights == "averaged" else "val_") + k[4:])
+           for k in ("val_clean_acc", "val_robust_acc")},
         "last_val_robust_acc": records[-1].get("val_robust_acc"),
         "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
         "norm": cfg.norm,
