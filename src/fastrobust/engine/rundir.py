@@ -14,8 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from .. import trust
-from ..config import DEVICES, TrainConfig, load_yaml
+from ..config import DEVICES, RESUME_FREE, TrainConfig, differences, load_yaml, same_setting
 from ..errors import ConfigError, FastrobustError
 from ..methods import get_method
 from ..runfolder import LOCK as LOCK_NAME
@@ -167,7 +169,7 @@ def _restart_attempt(cfg: TrainConfig, folder: RunFolder) -> list[str]:
     if not folder.config.is_file():
         return []
     out = folder.path
-    diffs = _differences(cfg, load_yaml(folder.config))
+    diffs = differences(yaml.safe_load(yaml.safe_dump(cfg.to_dict())), load_yaml(folder.config))
     if diffs:
         raise FastrobustError(f"{out} holds the config.yaml of another run that stopped before its first "
                               f"checkpoint ({'; '.join(diffs[:3])}): choose another --out, or delete {out} to "
@@ -202,21 +204,7 @@ def _is_run_config(path: Path) -> bool:
     return {"method", "dataset", "model"} <= set(saved)
 
 
-def _differences(cfg: TrainConfig, saved: dict) -> list[str]:
-    """The result-changing settings of ``cfg`` (resolved) that differ from a saved config.yaml."""
-    import yaml
-
-    mine = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
-    defaults = TrainConfig().to_dict()   # a key newer than the saved file: that run had its default
-    return [f"{key} {saved.get(key, defaults[key])!r} there, {value!r} now" for key, value in mine.items()
-            if key not in RESUME_FREE and saved.get(key, defaults[key]) != value]
-
-
 # ---- resuming: the saved configuration ----------------------------------------------------------------------
-
-# keys that may differ when resuming (they do not change the result)
-RESUME_FREE = {"out", "device", "data_dir", "dist_timeout", "log", "workers"}
-
 
 def finished_summary(out: Path, echo: Callable[[str], None]) -> dict:
     """``--resume`` of a finished run: say so and change nothing; its summary."""
@@ -270,7 +258,7 @@ def merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None)
     defaults = TrainConfig().to_dict()
     explicit = (lambda key: key in given) if given is not None else (lambda key: values[key] != defaults[key])
     for key, value in values.items():
-        if key in RESUME_FREE or not explicit(key) or _same(key, value, getattr(saved, key)):
+        if key in RESUME_FREE or not explicit(key) or same_setting(key, value, getattr(saved, key)):
             continue
         if key == "method_params" and isinstance(value, dict) and \
                 all(saved.method_params.get(k.replace("-", "_")) == v for k, v in value.items()):
@@ -283,20 +271,3 @@ def merge_for_resume(cfg: TrainConfig, out: Path, given: set[str] | None = None)
             setattr(saved, key, values[key])
     return saved
 
-
-def _same(key: str, value, saved) -> bool:
-    """A given value equals the saved (resolved) one, up to spelling (``piecewise`` = ``multistep``, ``8/255``)."""
-    from ..config import parse_number
-
-    def norm(v):
-        if key == "lr_schedule" and v == "piecewise":
-            return "multistep"
-        if isinstance(v, tuple):
-            return list(v)
-        if isinstance(v, str) and key in ("eps", "alpha", "lr"):
-            try:
-                return parse_number(v, key)
-            except ConfigError:
-                return v
-        return v
-    return norm(value) == norm(saved)
