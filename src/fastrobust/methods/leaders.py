@@ -442,6 +442,28 @@ def _js(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
 
 # ---- the UAP family: FGSM-UAP and FGSM-CUAP ----------------------------------------------------------
 
+def _step_keeping_start(model, x, start, batch: Batch, tm, y):
+    """One signed step from ``start`` (the UAP family's and FGSM-PGI's): returns the perturbation, the passes, and
+    the start's logits (their graph kept for the regulariser) and input gradient."""
+    kept = {}
+
+    def gradient(k, x0, d, against):
+        point = (x0 + d).requires_grad_(True)
+        kept["logits"] = logits = model(point)
+        (g,) = torch.autograd.grad(summed_ce(logits, against), point, retain_graph=True)
+        kept["grad"] = g.detach().clone()
+        return g, logits
+
+    with torch.enable_grad():
+        delta, _, passes = ascend(model, x, start, 1, batch.alpha, batch.eps, tm, y, gradient=gradient)
+    return delta, passes, kept
+
+
+def _ce_and_mse_to_start(logits, y, kept: dict, lam: float, smoothing: float) -> torch.Tensor:
+    """CE on the adversarial logits + ``lam`` x their mean squared distance to the start's logits."""
+    return cross_entropy(logits, y, smoothing) + lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+
+
 class FGSMUAP(SingleStep):
     """Its start is a universal perturbation (one, or one per class) that the attack's own input gradients update
     after every minibatch, and its loss needs the start's forward (an MSE between the start's and x_adv's
@@ -479,20 +501,10 @@ class FGSMUAP(SingleStep):
             self.u = radius * tm.direction(2 * torch.rand(shape, device=x.device, dtype=x.dtype) - 1)
             self.momentum = torch.zeros(shape, device=x.device, dtype=x.dtype)
         group = y if self.classwise else torch.zeros_like(y)
-        kept = {}
-
-        def gradient(k, x0, d, against):   # the start's forward, its graph kept for the MSE term
-            point = (x0 + d).requires_grad_(True)
-            kept["logits"] = logits = model(point)
-            (g,) = torch.autograd.grad(summed_ce(logits, against), point, retain_graph=True)
-            kept["grad"] = g.detach().clone()
-            return g, logits
-
-        with torch.enable_grad():
-            start = tm.project(self.u.to(x.dtype)[group], x, eps)
-            delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
+        start = tm.project(self.u.to(x.dtype)[group], x, eps)
+        delta, passes, kept = _step_keeping_start(model, x, start, batch, tm, y)
         logits = model(x + delta)
-        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        loss = _ce_and_mse_to_start(logits, y, kept, self.lam, self.ctx.label_smoothing)
         step(loss)
         self._update(kept["grad"], group, groups, radius)
         self.counter += 1
@@ -655,19 +667,9 @@ class FGSMPGI(PriorGuided):
         delta = self.memory.get("delta", index, x, self.random_sign(eps))
         momentum = self.memory.get("momentum", index, x, torch.zeros_like)
         start = tm.project(delta, x, eps)
-        kept = {}
-
-        def gradient(k, x0, d, against):
-            point = (x0 + d).requires_grad_(True)
-            kept["logits"] = logits = model(point)
-            (g,) = torch.autograd.grad(summed_ce(logits, against), point, retain_graph=True)
-            kept["grad"] = g.detach().clone()
-            return g, logits
-
-        with torch.enable_grad():
-            adv, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
+        adv, passes, kept = _step_keeping_start(model, x, start, batch, tm, y)
         logits = model(x + adv)
-        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + self.lam * (logits.float() - kept["logits"].float()).pow(2).mean()
+        loss = _ce_and_mse_to_start(logits, y, kept, self.lam, self.ctx.label_smoothing)
         step(loss)
         g = kept["grad"]
         momentum = g / g.abs().sum().clamp_min(1e-30) + self.decay * momentum
