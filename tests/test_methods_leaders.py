@@ -168,6 +168,55 @@ def test_uap_moves_along_the_momentum_and_cuap_only_the_classes_present():
     assert single.u.shape == (1, 1, 4, 4)           # one perturbation for every example
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_fuap_picks_each_examples_perturbation_by_the_heads_argmax_and_trains_the_head():
+    """The head sees the penultimate features (the input of the model's last nn.Linear) of x + noise; its hidden
+    argmax names the perturbation; only the perturbations chosen move; the head takes one Adam step per batch;
+    passes are 3 per example (one forward more than FGSM-UAP); head and Adam state resume exactly."""
+    from fastrobust.methods.leaders import FGSMFUAP
+    model, method, step, _ = make_method("fgsm-fuap", uaps=6)
+    x, y = synthetic(24)
+    features = []
+    model.net[3].register_forward_pre_hook(lambda m, args: features.append(args[0].detach().clone()))
+    count = counted(model)
+    out = method.train_batch(model, Batch(x, y, EPS, EPS), step)
+    assert out.passes == pytest.approx(count()) == pytest.approx(24 * 3)
+    assert method.u.shape == (6, 1, 4, 4) and (method.u.abs() <= 1.25 * EPS + 1e-7).all()
+    head0 = [p.detach().clone() for p in method.head.parameters()]
+    u0 = method.u.clone()
+    features.clear()
+    method.train_batch(model, Batch(x, y, EPS, EPS), step)
+    with torch.no_grad():      # the choice made in this batch: the argmax of the head before its step
+        chosen = F.linear(features[0].flatten(1), head0[0], head0[1]).argmax(1)
+    untouched = torch.ones(6, dtype=torch.bool)
+    untouched[chosen] = False
+    assert torch.equal(method.u[untouched], u0[untouched]) and not torch.equal(method.u[~untouched], u0[~untouched])
+    assert not torch.equal(head0[0], method.head[0].weight)          # the head learned
+    fresh = FGSMFUAP(method.ctx, **FGSMFUAP.resolve_params({"uaps": 6}))
+    fresh.load_state_dict(method.state_dict())
+    for a, b in zip(fresh.head.parameters(), method.head.parameters()):
+        assert torch.equal(a, b)
+    assert fresh.head_opt.state_dict()["state"][0]["step"] == method.head_opt.state_dict()["state"][0]["step"]
+
+
+def test_fuap_keeps_one_head_in_every_process_and_refuses_a_model_without_a_linear_layer():
+    """Under torchrun the head's start and gradients are the processes' mean: two processes of the same data
+    (all_reduce_sum doubling) train the head exactly as one process does."""
+    from torch import nn
+    heads = []
+    for reduce in (None, lambda t: 2 * t):
+        model, method, step, _ = make_method("fgsm-fuap", all_reduce_sum=reduce)
+        for b in range(2):
+            method.train_batch(model, Batch(*synthetic(24, seed=b), EPS, EPS), step)
+        heads.append([p.detach() for p in method.head.parameters()])
+    for a, b in zip(*heads):
+        assert torch.allclose(a, b, atol=1e-6)
+    _, method, step, _ = make_method("fgsm-fuap")
+    conv_only = nn.Sequential(nn.Conv2d(1, 3, 4), nn.Flatten())
+    with pytest.raises(Exception, match="no nn.Linear"):
+        method.train_batch(conv_only, Batch(*synthetic(8), EPS, EPS), step)
+
+
 @pytest.mark.slow
 def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
     """Each leader trains 3 epochs through the engine (a BatchNorm model) and its passes add up as documented."""
@@ -185,7 +234,7 @@ def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
 
     # 160 training examples in 5 minibatches; LIET refreshes (3 classes) once per epoch
     expected = {"gradalign": 11, "zerograd": 6, "nuat": 1 + 3 + 3, "gat": 9, "fgsm-rs-cs": 6,
-                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-pgi": 8, "fgsm-pco": 11}
+                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-fuap": 9, "fgsm-pgi": 8, "fgsm-pco": 11}
     for name, passes in expected.items():
         summary = fastrobust.fit(BNNet(), PlainDataset(192, 0), test_data=PlainDataset(48, 1), method=name,
                                  out=str(tmp_path / name), progress=False, echo=lambda s: None,

@@ -99,5 +99,6 @@ register_method(leaders.FGSMRSCS)
 register_method(leaders.LIET)
 register_method(leaders.FGSMUAP)
 register_method(leaders.FGSMCUAP)
+register_method(leaders.FGSMFUAP)   # a head on the model's penultimate features picks the perturbation
 register_method(leaders.FGSMPGI)   # per-example state: Batch.index, which the engine's loader gives
 register_method(leaders.FGSMPCO)

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ..attacks import preserved_mode
+from ..attacks.compiled import eager
 from ..attacks.kernel import ascend, summed_ce
 from ..attacks.projection import per_example
 from ..errors import ConfigError
@@ -543,6 +544,107 @@ class FGSMCUAP(FGSMUAP):
                    "perturbation and momentum per class (the start of x is its class's; after each minibatch each "
                    "class present moves by the mean normalised gradient of its examples). Cost 8/3.")
     classwise = True
+
+
+def _classifier_layer(model: torch.nn.Module, num_classes: int) -> torch.nn.Linear:
+    """The model's last ``nn.Linear`` with ``num_classes`` outputs (else its last ``nn.Linear``): the classifier
+    whose input is the penultimate feature (torchvision's ``fc`` or ``classifier[-1]``, timm's ``head.fc``)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    heads = [m for m in linears if m.out_features == num_classes] or linears
+    if not heads:
+        raise ConfigError("method fgsm-fuap picks a universal perturbation from the model's penultimate features, "
+                          "the input of its last nn.Linear layer, and this model has no nn.Linear: use fgsm-uap or "
+                          "fgsm-cuap, which need no features")
+    return heads[-1]
+
+
+class FGSMFUAP(FGSMUAP):
+    """FGSM-UAP with ``uaps`` universal perturbations, an example's chosen by a small head on the model's
+    penultimate features (of x plus uniform noise): the head is trained alongside (Adam, CE against the labels)
+    and its hidden unit of largest pre-activation names the perturbation. The head and its optimizer are state
+    of the method, not of the model: they are kept in last.pt (exact resume) and not in best.pt or an export."""
+
+    name = "fgsm-fuap"
+    description = ("FGSM-FUAP (AAAI 2024, as the FastAT Benchmark runs it): FGSM (step alpha, default eps) from "
+                   "x + noise + U_k, noise uniform in the eps-ball, U_k one of `uaps` universal perturbations of "
+                   "radius uap x eps, k the argmax of a head Linear(features, uaps) on the model's penultimate "
+                   "features of x + noise (the head, with ReLU and Linear(uaps, classes), learns the labels by "
+                   "Adam); loss and the update of U_k as FGSM-UAP's, per perturbation chosen. Cost 3.")
+    params = FGSMUAP.params + (Param("uaps", int, 50, "how many universal perturbations (the head's width)",
+                                     minimum=1),
+                               Param("head_lr", float, 1e-3, "the head's Adam learning rate", minimum=0.0))
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.head = self.head_opt = self.layer = None
+
+    def _make_head(self, features: int, device) -> None:
+        self.head = torch.nn.Sequential(torch.nn.Linear(features, self.uaps, device=device), torch.nn.ReLU(),
+                                        torch.nn.Linear(self.uaps, self.ctx.num_classes, device=device))
+        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.head_lr)
+
+    def _mean(self, tensors) -> list[torch.Tensor]:
+        """The processes' mean of each tensor (one collective; the identity on one process)."""
+        flat = torch.cat([t.detach().flatten().float() for t in tensors])
+        packed = self.ctx.all_reduce_sum(torch.cat([flat, flat.new_ones(1)]))
+        parts = (packed[:-1] / packed[-1]).split([t.numel() for t in tensors])
+        return [part.view_as(t).to(t.dtype) for part, t in zip(parts, tensors)]
+
+    def _choose(self, model, x_noisy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The perturbation of each example (the head's argmax); one step of the head on CE against ``y``."""
+        if self.layer is None:
+            self.layer = _classifier_layer(eager(model), self.ctx.num_classes)
+        seen = {}
+        handle = self.layer.register_forward_pre_hook(lambda m, args: seen.__setitem__("f", args[0].detach()))
+        try:
+            with torch.no_grad():      # in the model's training mode, as the benchmark does
+                eager(model)(x_noisy)
+        finally:
+            handle.remove()
+        features = seen["f"].flatten(1).float()
+        if self.head is None:      # every process starts from the same head: the processes' mean
+            self._make_head(features.shape[1], features.device)
+            with torch.no_grad():
+                for p, mean in zip(self.head.parameters(), self._mean(list(self.head.parameters()))):
+                    p.copy_(mean)
+        with torch.enable_grad():
+            hidden = self.head[0](features)
+            loss = cross_entropy(self.head[2](F.relu(hidden)), y, self.ctx.label_smoothing)
+            grads = torch.autograd.grad(loss, list(self.head.parameters()))
+        for p, g in zip(self.head.parameters(), self._mean(grads)):   # one head in every process
+            p.grad = g
+        self.head_opt.step()
+        self.head_opt.zero_grad(set_to_none=True)
+        return hidden.detach().argmax(1)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n, radius = len(x), self.uap * eps
+        noise = (x + tm.start(x, eps, None)).clamp(0, 1) - x
+        k = self._choose(model, x + noise, y)
+        if self.u is None or self.u.shape[1:] != x.shape[1:]:
+            shape = (self.uaps, *x.shape[1:])
+            self.u = radius * tm.direction(2 * torch.rand(shape, device=x.device, dtype=x.dtype) - 1)
+            self.momentum = torch.zeros(shape, device=x.device, dtype=x.dtype)
+        start = tm.project(noise + self.u.to(x.dtype)[k], x, eps)
+        delta, passes, kept = _step_keeping_start(model, x, start, batch, tm, y)
+        logits = model(x + delta)
+        loss = _ce_and_mse_to_start(logits, y, kept, self.lam, self.ctx.label_smoothing)
+        step(loss)
+        self._update(kept["grad"], k, self.uaps, radius)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 2 * BACKWARD))
+
+    def state_dict(self):
+        return {**super().state_dict(), "head": None if self.head is None else self.head.state_dict(),
+                "head_opt": None if self.head is None else self.head_opt.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if state.get("head") is not None:
+            self._make_head(state["head"]["0.weight"].shape[1], self.ctx.input_std.device)
+            self.head.load_state_dict(state["head"])
+            self.head_opt.load_state_dict(state["head_opt"])
 
 
 # ---- per-example priors: FGSM-PGI and FGSM-PCO (the engine gives the examples' indices, Batch.index) --------
