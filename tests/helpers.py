@@ -11,6 +11,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 class TinyNet(nn.Module):
     """A small MLP classifier on [0,1] images, with an ``input_std`` like fastrobust models."""
 
+    first_layer = "net.1"     # the layer that reads the (flattened) input first, as fastrobust's models declare
+
     def __init__(self, in_features=16, classes=3):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 32), nn.ReLU(), nn.Linear(32, classes))

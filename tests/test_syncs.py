@@ -177,8 +177,10 @@ def cifar_like(n_train: int = 320, n_test: int = 20):
 def tiny_net(num_classes, in_channels, image_size):
     """A small conv net with BatchNorm (so that train-mode statistics are exercised)."""
     h, w = image_size
-    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * ((h + 1) // 2) * ((w + 1) // 2), num_classes))
+    net = nn.Sequential(nn.Conv2d(in_channels, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * ((h + 1) // 2) * ((w + 1) // 2), num_classes))
+    net.first_layer = "0"     # as a user's model names its first layer (for yopo)
+    return net
 
 
 DATA = {

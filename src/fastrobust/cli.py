@@ -149,10 +149,11 @@ def _add_method_params(parser: argparse.ArgumentParser, method: str) -> None:
         textwrap.fill(cls.description, 100))
     for p in cls.params:
         choices = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ""
+        default = str(p.default).lower() if p.type is bool else p.default
+        shown = f" (default {default}{choices})" if default != "" else (f" ({choices[2:]})" if choices else "")
         group.add_argument(p.flag, dest=f"mp__{p.name}", metavar=p.type.__name__.upper(), default=argparse.SUPPRESS,
                            nargs="?" if p.type is bool else None, const="true" if p.type is bool else None,
-                           help=f"{p.help} (default {str(p.default).lower() if p.type is bool else p.default}{choices})"
-                           .replace("%", "%%"))
+                           help=f"{p.help}{shown}".replace("%", "%%"))
 
 
 def _refuse_other_methods_flags(unknown: list[str], method: str) -> None:

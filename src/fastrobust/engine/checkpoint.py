@@ -218,13 +218,13 @@ def build_model(spec: dict, net=None):
                         **options)
 
 
-def check_model(spec: dict, net=None) -> None:
+def check_model(spec: dict, net=None) -> torch.nn.Module:
     """Build the model of ``spec`` (without memory where possible) and refuse it, before any training,
     if it cannot be built or its output on a dummy batch is not ``(N, num_classes)`` (``net``: see
-    :func:`build_model`)."""
+    :func:`build_model`). Returns the model built (perhaps on the ``meta`` device)."""
     from ..models import check_output
 
-    check_output(lambda: build_model(spec, net), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
+    return check_output(lambda: build_model(spec, net), spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
 
 
 def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu", model=None):

@@ -81,7 +81,8 @@ def _resolve_and_check(cfg, info, method_cls, model=None) -> TrainConfig:
     validate(resolved)
     method_cls.check_config(resolved.eps, resolved.alpha, resolved.method_params)
     # build the model (without memory where possible) to refuse unknown names/options and a wrong output now
-    check_model(model_spec(resolved.model, info, resolved.model_options, resolved.normalize), model)
+    spec = model_spec(resolved.model, info, resolved.model_options, resolved.normalize)
+    method_cls.check_model(check_model(spec, model), resolved.method_params, spec["num_classes"])
     _callbacks.check_loggers(resolved.log)
     return resolved
 

@@ -180,6 +180,11 @@ class Method(Stateful):
     def check_config(cls, eps: float, alpha: float, params: dict) -> None:
         """Refuse combinations of eps, alpha and parameters that make no sense."""
 
+    @classmethod
+    def check_model(cls, model: nn.Module, params: dict, num_classes: int) -> None:
+        """Refuse, before any training, a model the method cannot train (a ConfigError naming the fix).
+        ``model`` may be on the ``meta`` device (built without memory)."""
+
     # ---- training ----------------------------------------------------------
     def train_batch(self, model: nn.Module, batch: Batch, step: StepFn) -> StepOutput:
         raise NotImplementedError

@@ -578,6 +578,10 @@ class FGSMFUAP(FGSMUAP):
         super().__init__(ctx, **params)
         self.head = self.head_opt = self.layer = None
 
+    @classmethod
+    def check_model(cls, model, params, num_classes):
+        _classifier_layer(model, num_classes)
+
     def _make_head(self, features: int, device) -> None:
         self.head = torch.nn.Sequential(torch.nn.Linear(features, self.uaps, device=device), torch.nn.ReLU(),
                                         torch.nn.Linear(self.uaps, self.ctx.num_classes, device=device))

@@ -20,7 +20,7 @@ def _flat_size(name: str, image_size: tuple[int, int], shrink, channels: int, mi
 @register_model("mnist-cnn", "Fast-AT MNIST CNN (Wong et al. 2020): two stride-2 convs, two linear layers")
 def mnist_cnn(num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
     flat = _flat_size("mnist-cnn", image_size, lambda s: s // 4, 32, 4)
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
         nn.ReLU(),
         nn.Conv2d(16, 32, 4, stride=2, padding=1),
@@ -30,6 +30,8 @@ def mnist_cnn(num_classes: int, in_channels: int, image_size: tuple[int, int]) -
         nn.ReLU(),
         nn.Linear(100, num_classes),
     )
+    net.first_layer = "0"     # the submodule that reads the input first (see ResNet.first_layer)
+    return net
 
 
 @register_model("smallcnn", "TRADES/FAT SmallCNN: four 3x3 convs, two max pools, three linear layers")
@@ -49,4 +51,5 @@ def smallcnn(num_classes: int, in_channels: int, image_size: tuple[int, int], *,
         nn.Linear(200, num_classes),
     )
     kaiming_init(net)
+    net.first_layer = "0"
     return net

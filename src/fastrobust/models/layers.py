@@ -47,6 +47,9 @@ class Classifier(nn.Module):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
+        declared = getattr(net, "first_layer", None)    # the net's first layer, named from here (see ResNet)
+        if isinstance(declared, str):
+            self.first_layer = f"net.{declared}" if declared else "net"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))

@@ -122,8 +122,8 @@ def _from_factory(ref, num_classes, in_channels, image_size, mean, std, options)
 
 
 def check_output(build: Callable[[], nn.Module], name: str, num_classes: int, in_channels: int,
-                 image_size: Sequence[int]) -> None:
-    """Refuse a model whose output on one dummy batch is not ``(N, num_classes)`` logits.
+                 image_size: Sequence[int]) -> nn.Module:
+    """Refuse a model whose output on one dummy batch is not ``(N, num_classes)`` logits; returns the model built.
 
     ``build()`` is called under the ``meta`` device first (no memory, no compute); a model
     whose forward cannot run there is built and run once on the CPU instead.
@@ -146,6 +146,7 @@ def check_output(build: Callable[[], nn.Module], name: str, num_classes: int, in
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model {name!r} returns {got} for a batch of shape {shape}; it must return logits of "
                           f"shape (N, {num_classes}) (N images, {num_classes} classes of this data set)")
+    return model
 
 
 def _dummy_forward(model: nn.Module, shape: tuple[int, ...]):

@@ -71,6 +71,9 @@ class ResNet(nn.Module):
     first stage at stride 1, the others halving the resolution), global average
     pooling and a linear head. Extra keyword arguments go to every block."""
 
+    #: the submodule that reads the input first (methods such as YOPO train with the gradient at its output)
+    first_layer = "stem.0"
+
     def __init__(
         self,
         block: type[BasicBlock] | type[PreActBlock],

@@ -49,6 +49,9 @@ class Bottleneck(nn.Module):
 class BottleneckResNet(nn.Module):
     """ImageNet stem, stages of ``depths[i]`` bottleneck blocks of ``widths[i]`` (x4 out) channels, pool, linear."""
 
+    #: the submodule that reads the input first (methods such as YOPO train with the gradient at its output)
+    first_layer = "stem.0"
+
     def __init__(self, depths: Sequence[int], widths: Sequence[int], num_classes: int, in_channels: int,
                  stem_width: int):
         super().__init__()

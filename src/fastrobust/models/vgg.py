@@ -18,6 +18,9 @@ class VGG(nn.Module):
     Pools use ``ceil_mode`` so that small inputs (e.g. 28x28) never shrink to zero.
     """
 
+    #: the submodule that reads the input first (methods such as YOPO train with the gradient at its output)
+    first_layer = "features.0"
+
     def __init__(self, cfg: list, width: int, num_classes: int, in_channels: int):
         super().__init__()
         layers: list[nn.Module] = []
