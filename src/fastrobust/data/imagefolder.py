@@ -100,7 +100,8 @@ def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> tuple[n
     is grayscale, else 3 (grayscale images are replicated into RGB)."""
     x = None
     gray = True
-    for i, (path, _) in enumerate(tqdm(files, desc=desc, unit="img", disable=not progress)):
+    bar = tqdm(files, desc=desc, unit="img", disable=None if progress else True)   # None: on a terminal only
+    for i, (path, _) in enumerate(bar):
         try:
             with Image.open(path) as im:
                 im.load()
