@@ -1,6 +1,7 @@
 """The collapse mark and the guard's state handling (engine/guard.py); the guard in training runs is tested
 in tests/test_guard_training.py."""
 
+import pytest
 import torch
 
 from fastrobust.engine.guard import COLLAPSE_DROP, MIN_BOOSTED_LEVEL, Guard, collapsed
@@ -227,3 +228,32 @@ def test_a_method_whose_attack_has_no_level_gets_no_repeated_weak_events():
     assert g.observe(3, 0.01, fgsm=0.9, clean=0.97)
     event = g.recover(3, 0.01, model, method.opt, torch.amp.GradScaler("cpu", enabled=False), method)
     assert event["change"].startswith("none") and not g.still_weak(5, 0.40, 0.60)
+
+
+def test_a_cost_limit_replaces_the_count_limit():
+    """--guard-passes P: the guard strengthens while twice the last epoch's passes per example stay within P, past
+    MAX_STRENGTHENINGS, and stops (saying why) where the next doubling would cost more."""
+    model, method, step, _ = make_method("deat-d")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = Guard(enabled=True, max_passes=20)
+    assert g.observe(4, 0.01, fgsm=0.9, clean=0.97, passes=2.0)
+    assert g.recover(4, 0.01, model, method.opt, scaler, method)["change"].startswith("replays")
+    for epoch, passes in ((6, 4.0), (8, 8.0)):    # 2 x 4 and 2 x 8 are within 20: past the count limit of 2
+        g.observe(epoch, 0.65, fgsm=0.83, clean=0.9, passes=passes)
+        assert g.still_weak(epoch, 0.65, 0.83)
+        g.reinforce(epoch, 0.65, 0.83, method)
+    assert method.boost == 3
+    g.observe(10, 0.65, fgsm=0.83, clean=0.9, passes=16.0)
+    event = g.reinforce(10, 0.65, 0.83, method)
+    assert method.boost == 3 and "--guard-passes 20" in event["change"] and not g.can_strengthen
+    assert not g.still_weak(12, 0.65, 0.83)
+
+
+def test_guard_passes_needs_the_guard(tmp_path, capsys):
+    from fastrobust.cli import main
+
+    base = ["train", "--method", "pgd", "--dataset", "mnist-subset", "--epochs", "1", "--out", str(tmp_path / "run")]
+    for extra, message in ((["--guard-passes", "20"], "needs --guard"),
+                           (["--guard", "--guard-passes", "0"], "guard_passes must be")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "run").exists()

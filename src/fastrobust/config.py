@@ -130,6 +130,10 @@ class TrainConfig:
                       "replays at half the step; again while FGSM stays 15+ points above PGD after an epoch to "
                       "adapt, at most twice); each event in metrics.jsonl and train.log. Without it a collapse is "
                       "only marked (summary.json: collapsed, collapsed_epoch)", group="method", action="store_true")
+    guard_passes: float | None = opt(None, "with --guard, limit its strengthenings by cost instead of by count: it "
+                                     "strengthens (doubling the attack) while twice the last epoch's passes per "
+                                     "example stay within this many (e.g. 20, about half of PGD-40 AT's 41); "
+                                     "default: at most 2 strengthenings", group="method", type=float, metavar="P")
     # -- data splits and evaluation ---------------------------------------------------------------------
     val_size: int = opt(1000, "held-out validation examples from the training set, for checkpoint selection "
                         "(default 1000; 0 = none, best = last)", group="evaluation", type=int, metavar="N")
@@ -428,6 +432,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(isinstance(cfg.sync_bn, bool), f"sync_bn must be true or false, got {cfg.sync_bn!r}")
     _check(isinstance(cfg.stream, bool), f"stream must be true or false, got {cfg.stream!r}")
     _check(isinstance(cfg.guard, bool), f"guard must be true or false, got {cfg.guard!r}")
+    _check(cfg.guard_passes is None or (isinstance(cfg.guard_passes, (int, float)) and not isinstance(cfg.guard_passes, bool)
+                                       and cfg.guard_passes > 0),
+           f"guard_passes must be a number of passes per example > 0, got {cfg.guard_passes!r}")
+    _check(cfg.guard_passes is None or cfg.guard, "--guard-passes limits the collapse guard's strengthenings: it needs "
+           "--guard (add it, or drop --guard-passes)")
     _check(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 0),
            f"workers must be an integer >= 0 (0: read the data in the training process), got {cfg.workers!r}")
     _check(isinstance(cfg.dist_timeout, (int, float)) and not isinstance(cfg.dist_timeout, bool) and cfg.dist_timeout > 0,

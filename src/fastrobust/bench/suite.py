@@ -47,7 +47,7 @@ TOP_KEYS = ("name", "description", "reference", "seeds", "common", "evaluation",
 EVAL_KEYS = ("attacks", "test_subset", "batch_size", "aa_subset")
 # per-run keys: how a method is optimised may differ between runs; everything else is shared
 RUN_CONFIG_KEYS = ("alpha", "epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
-                   "lr_gamma", "grad_clip", "wa", "wa_warmup", "label_smoothing", "guard")
+                   "lr_gamma", "grad_clip", "wa", "wa_warmup", "label_smoothing", "guard", "guard_passes")
 RUN_KEYS = ("method", "params", *RUN_CONFIG_KEYS)
 COMMON_KEYS = tuple(k for k in TrainConfig.keys() if k not in ("method", "method_params", "out"))
 NUMBER_KEYS = ("eps", "alpha", "lr")

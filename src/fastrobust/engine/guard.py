@@ -73,8 +73,10 @@ def _worth_restoring(snapshot_robust: float | None, robust: float | None) -> boo
 class Guard:
     """The last good training state and the events so far; ``enabled=False``: marks only."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, max_passes: float | None = None) -> None:
         self.enabled = enabled
+        self.max_passes = max_passes     # the cost limit (passes per example per epoch); None: MAX_STRENGTHENINGS
+        self.epoch_passes: float | None = None   # the last observed epoch's passes per example
         self.snapshot: dict | None = None
         self.events: list[dict] = []
         self.best_robust: float | None = None
@@ -83,11 +85,12 @@ class Guard:
         self.reason: str | None = None   # why the last observed epoch is a collapse (None: it is not)
 
     def observe(self, epoch: int, robust: float | None, fgsm: float | None = None,
-                clean: float | None = None) -> bool:
+                clean: float | None = None, passes: float | None = None) -> bool:
         """See epoch ``epoch``'s (1-based) validation robust (and FGSM and clean) accuracy; returns whether it is a
         collapse (its reason, with the figures, in :attr:`reason`). Give ``fgsm`` only for epochs that end at full
         eps (earlier in an eps warm-up, validation at full eps finds FGSM far above PGD in any model: it has not
-        been trained at that radius yet)."""
+        been trained at that radius yet). ``passes``: the epoch's passes per example (the cost limit's measure)."""
+        self.epoch_passes = passes
         self.reason = diagnose(self.best_robust, robust, fgsm, clean)
         hit = self.reason is not None
         if hit and self.collapsed_epoch is None:
@@ -144,11 +147,17 @@ class Guard:
         return event
 
     def _strengthen(self, method: Method) -> str:
-        if method.boost >= MAX_STRENGTHENINGS:
+        """Strengthen within the limit: ``MAX_STRENGTHENINGS``, or with ``max_passes`` while twice the last
+        epoch's passes per example (a doubled attack's cost, at most) stay within it."""
+        if self.max_passes is None and method.boost >= MAX_STRENGTHENINGS:
             self.can_strengthen = False
             return f"none (the attack was already strengthened {MAX_STRENGTHENINGS} times, the guard's limit)"
+        if self.max_passes is not None and 2 * (self.epoch_passes or 0.0) > self.max_passes:
+            self.can_strengthen = False
+            return (f"none (twice this epoch's {self.epoch_passes:.3g} passes per example would pass the guard's "
+                    f"cost limit, --guard-passes {self.max_passes:g})")
         change = method.strengthen(MIN_BOOSTED_LEVEL)
-        self.can_strengthen = change is not None and method.boost < MAX_STRENGTHENINGS
+        self.can_strengthen = change is not None and (self.max_passes is not None or method.boost < MAX_STRENGTHENINGS)
         return change or "none (the method has no attack level)"
 
     def state_dict(self) -> dict:

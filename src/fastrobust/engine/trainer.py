@@ -207,7 +207,7 @@ def _build_run(prep, folder: RunFolder, log: RunLog, dist: Dist, device: torch.d
                schedule=LRSchedule.from_config(cfg), method=method,
                autocast=(lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext,
                sizes=global_batch_sizes(len(prep.train), cfg.batch_size),
-               val_alpha=recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info)), guard=Guard(cfg.guard))
+               val_alpha=recipe_step(cfg.eps, cfg.val_steps, recipe_ratio(cfg.norm, info)), guard=Guard(cfg.guard, cfg.guard_passes))
 
 
 # ---- after each epoch ---------------------------------------------------------------------------------------
@@ -223,7 +223,8 @@ def _end_epoch(run: Run, result: EpochResult) -> None:
     fgsm = val.get("fgsm_acc") if result.epoch >= run.cfg.eps_warmup else None
     robust = val["robust_acc"] if val["n"] else None
     judged = run.method.selects_by == "robust"
-    collapse = judged and run.guard.observe(result.epoch, robust, fgsm, val["clean_acc"] if val["n"] else None)
+    collapse = judged and run.guard.observe(result.epoch, robust, fgsm, val["clean_acc"] if val["n"] else None,
+                                            passes=record["epoch_passes"])
     event = None
     if collapse:
         event = run.guard.recover(result.epoch, robust, run.raw_model, run.opt, run.scaler, run.method)
