@@ -217,6 +217,47 @@ def test_fuap_keeps_one_head_in_every_process_and_refuses_a_model_without_a_line
         method.train_batch(conv_only, Batch(*synthetic(8), EPS, EPS), step)
 
 
+@pytest.mark.parametrize("name", ["n-aaer", "rs-aaer"])
+def test_aaer_regularises_the_examples_whose_loss_the_step_lowered(name):
+    """Replayed by hand from the same start: CE at x_adv + lam1 (abnormal share) (lam2 mean loss decrease of the
+    abnormal examples + lam3 max(0, their mean logit variation - the normal examples'))."""
+    from fastrobust.attacks import threat_model
+    from torch import nn
+
+    class Sin(nn.Module):
+        def forward(self, t):
+            return torch.sin(t)
+
+    _, method, _, _ = make_method(name)
+    torch.manual_seed(0)    # a wiggly loss surface: the step lowers the loss of some examples (abnormal ones)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), Sin(), nn.Linear(32, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(30)
+    eps = 0.1
+    x, y = synthetic(24)
+    seen = {}
+    torch.manual_seed(3)
+    out = method.train_batch(model, Batch(x, y, eps, eps), lambda loss, wrt=None: seen.setdefault("loss", loss))
+    assert out.passes == pytest.approx(24 * 2)
+    torch.manual_seed(3)
+    tm, noise = threat_model("linf"), method.noise * eps
+    delta = tm.project(tm.start(x, noise, None), x, noise)
+    start = (x + delta).requires_grad_(True)
+    logits0 = model(start)
+    before = F.cross_entropy(logits0, y, reduction="none")
+    (g,) = torch.autograd.grad(before.sum(), start)
+    delta = delta + eps * g.sign()
+    delta = tm.project(delta, x, eps) if method.project else (x + delta).clamp(0, 1) - x
+    logits = model((x + delta).clamp(0, 1))
+    after = F.cross_entropy(logits, y, reduction="none")
+    ab = before.detach() > after.detach()
+    assert 0 < ab.sum() < 24       # both kinds in this batch
+    var = (logits - logits0.detach()).pow(2).sum(1)
+    extra = (var[ab].mean() - var[~ab].mean().detach()).clamp(-100, 100).clamp_min(0)
+    reg = method.lam1 * ab.sum() / 24 * (method.lam2 * (before.detach() - after)[ab].mean() + method.lam3 * extra)
+    assert torch.allclose(seen["loss"], F.cross_entropy(logits, y) + reg, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
     """Each leader trains 3 epochs through the engine (a BatchNorm model) and its passes add up as documented."""
@@ -234,7 +275,7 @@ def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
 
     # 160 training examples in 5 minibatches; LIET refreshes (3 classes) once per epoch
     expected = {"gradalign": 11, "zerograd": 6, "nuat": 1 + 3 + 3, "gat": 9, "fgsm-rs-cs": 6,
-                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-fuap": 9, "fgsm-pgi": 8, "fgsm-pco": 11}
+                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-fuap": 9, "fgsm-pgi": 8, "n-aaer": 6, "rs-aaer": 6, "fgsm-pco": 11}
     for name, passes in expected.items():
         summary = fastrobust.fit(BNNet(), PlainDataset(192, 0), test_data=PlainDataset(48, 1), method=name,
                                  out=str(tmp_path / name), progress=False, echo=lambda s: None,

@@ -651,6 +651,71 @@ class FGSMFUAP(FGSMUAP):
             self.head_opt.load_state_dict(state["head_opt"])
 
 
+# ---- AAER: N-AAER and RS-AAER ----------------------------------------------------------------------------
+
+class NAAER(SingleStep):
+    """Its regulariser needs each example's loss and logits at the start and after the step (which examples
+    the step made *less* adversarial) and trains through the second of them: a loss of both forwards."""
+
+    name = "n-aaer"
+    description = ("N-AAER (Lin et al., NeurIPS 2023, Abnormal Adversarial Examples Regularization, as the FastAT "
+                   "Benchmark runs it on N-FGSM): one step (alpha, default eps) from x + eta, eta uniform in "
+                   "noise x eps (2), not projected back; CE(f(x_adv)) + lam1 (share of abnormal examples, whose loss "
+                   "the step lowered) x (lam2 x their mean loss decrease + lam3 x max(0, their mean |f(x_adv) - "
+                   "f(x + eta)|^2 - the normal examples')). Cost 2.")
+    params = (Param("lam1", float, 1.0, "lambda1, the weight of the regulariser (times the abnormal share)",
+                    minimum=0.0),
+              Param("lam2", float, 1.5, "lambda2, the weight of the abnormal examples' loss decrease", minimum=0.0),
+              Param("lam3", float, 0.15, "lambda3, the weight of their extra logit variation", minimum=0.0),
+              Param("noise", float, 2.0, "the random start's radius in units of eps", minimum=0.0),
+              Param("project", bool, False, "project the step back onto the eps-ball"))
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n = len(x)
+        start = tm.project(tm.start(x, self.noise * eps, None), x, self.noise * eps)
+        kept = {}
+
+        def gradient(k, x0, d, against):   # the start's per-example losses and logits (no graph kept)
+            point = (x0 + d).requires_grad_(True)
+            logits = model(point)
+            losses = F.cross_entropy(logits, against, reduction="none")
+            (g,) = torch.autograd.grad(losses.sum(), point)
+            kept["logits"], kept["losses"] = logits.detach(), losses.detach()
+            return g, logits
+
+        with torch.enable_grad():
+            delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient,
+                                      step=None if self.project else _unprojected(tm))
+        logits = model((x + delta).clamp(0, 1))
+        after = F.cross_entropy(logits, y, reduction="none")
+        abnormal = (kept["losses"] > after.detach()).to(after.dtype)   # the step lowered the loss
+        n_abnormal = abnormal.sum()
+        n_normal = n - n_abnormal
+        variation = (logits.float() - kept["logits"].float()).pow(2).sum(1)
+        decrease = (abnormal * (kept["losses"] - after)).sum() / n_abnormal.clamp_min(1)
+        extra = ((abnormal * variation).sum() / n_abnormal.clamp_min(1)
+                 - ((1 - abnormal) * variation).sum().detach() / n_normal.clamp_min(1)).clamp(-100, 100)
+        both = ((n_abnormal > 0) & (n_normal > 0)).to(after.dtype)     # the regulariser needs both kinds
+        reg = both * self.lam1 * n_abnormal / n * (self.lam2 * decrease + self.lam3 * extra.clamp_min(0))
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + reg
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * (FORWARD + BACKWARD))
+
+
+class RSAAER(NAAER):
+    """AAER on FGSM-RS: a uniform start in the eps-ball, a step of 1.25 eps projected back."""
+
+    name = "rs-aaer"
+    description = ("RS-AAER (Lin et al., NeurIPS 2023, as the FastAT Benchmark runs it on FGSM-RS): as n-aaer with "
+                   "a start uniform in the eps-ball, a step of alpha (default 1.25 eps) projected back, and lam2 2.5, "
+                   "lam3 1.5. Cost 2.")
+    alpha_factor = 1.25
+    params = tuple(Param(p.name, p.type, {"lam2": 2.5, "lam3": 1.5, "noise": 1.0, "project": True}.get(p.name, p.default),
+                         p.help) if p.name in ("lam2", "lam3", "noise", "project") else p for p in NAAER.params)
+
+
 # ---- per-example priors: FGSM-PGI and FGSM-PCO (the engine gives the examples' indices, Batch.index) --------
 
 class ExampleMemory:
