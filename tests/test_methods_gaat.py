@@ -138,3 +138,34 @@ def test_graph_free_checks_decide_like_graph_checks():
     assert torch.allclose(kept, free, atol=1e-6)
     assert (st_kept.true_grads, st_kept.approximated) == (st_free.true_grads, st_free.approximated)
     assert 64 < st_free.true_grads < 5 * 64          # some examples were refreshed, not all
+
+
+def test_adaptive_tau_falls_while_the_remainder_grows_and_returns_where_it_settles():
+    from fastrobust.methods.gaat import AdaptiveTau
+
+    control, tau = AdaptiveTau(), 0.3
+    calm = torch.full((8,), 0.1)
+    assert control.tau(tau, calm) == tau                       # the first check: no history
+    for _ in range(5):
+        assert float(control.tau(tau, calm)) == pytest.approx(tau)
+    seen = [float(control.tau(tau, torch.full((8,), 1.0))) for _ in range(30)]
+    assert seen[0] == pytest.approx(tau) and seen[1] < tau and all(b <= a + 1e-12 for a, b in zip(seen, seen[1:]))
+    assert min(seen) == pytest.approx(tau / AdaptiveTau.MAX_FACTOR)      # the floor
+    back = [float(control.tau(tau, calm)) for _ in range(100)]
+    assert back[-1] == pytest.approx(tau, rel=1e-3) and back[-1] > seen[-1]
+    saved = AdaptiveTau()
+    saved.load_state_dict(control.state_dict(), "cpu")
+    assert float(saved.tau(tau, calm)) == float(control.tau(tau, calm))
+
+
+def test_gaat_adapt_trains_and_resumes_its_threshold_exactly():
+    from fastrobust.methods import Batch
+
+    model, method, step, _ = make("gaat", steps=4, adapt=True)
+    for b in range(3):
+        method.train_batch(model, Batch(*synthetic(24, seed=b), EPS, EPS / 4), step)
+    state = method.state_dict()
+    assert state["attack"]["adapt"]["level"] is not None
+    _, fresh, _, _ = make("gaat", steps=4, adapt=True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.parts["attack"].control.calm, method.parts["attack"].control.calm)

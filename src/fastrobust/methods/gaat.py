@@ -107,12 +107,14 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float,
                 check_every: int = 1, order: int = 1, eval_mode: bool = False,
                 generator: torch.Generator | None = None, check_graph: bool = True,
-                threat: ThreatModel = THREAT_MODELS["linf"]) -> tuple[torch.Tensor, AttackStats, torch.Tensor | None]:
+                threat: ThreatModel = THREAT_MODELS["linf"],
+                control: "AdaptiveTau | None" = None) -> tuple[torch.Tensor, AttackStats, torch.Tensor | None]:
     """K-step attack on CE with approximated gradients in the ``threat`` model; returns ``x_adv``, what it
     cost, and the (true or approximated) gradient of its last step (None for K = 0: the random start).
 
     ``check_graph=False`` runs the check forwards without an autograd graph (cheaper when few
-    examples need a refresh); every refresh is then a sub-batch forward and backward.
+    examples need a refresh); every refresh is then a sub-batch forward and backward. ``control``: an
+    :class:`AdaptiveTau` that lowers tau while the remainder runs above its calmest level (``--adapt``).
 
     The steps are :func:`fastrobust.attacks.kernel.ascend`'s with :class:`_Taylor` as the gradient. The
     per-example state (anchors, their gradients, losses and curvatures) is updated with masks and index
@@ -124,7 +126,7 @@ def gaat_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: floa
     delta = threat.random_delta(x, eps, generator)
     if not steps:
         return (x + delta).clamp(0, 1), st, None
-    taylor = _Taylor(model, st, tau, check_every, order, check_graph)
+    taylor = _Taylor(model, st, tau, check_every, order, check_graph, control)
     step = lambda d, g, a, xs, e: threat.project(d + a * threat.direction(g), xs, e)   # noqa: E731  (g is kept)
     with preserved_mode(model, eval_mode), torch.enable_grad():
         delta, grad, _ = ascend(model, x, delta, steps, alpha, eps, threat, y, gradient=taylor, step=step)
@@ -135,9 +137,10 @@ class _Taylor:
     """GAAT's gradient at step k: the true one at the start (the first anchor), then the Taylor partial
     sum's around each example's anchor, checked every ``check_every`` steps (see the module's text)."""
 
-    def __init__(self, model, st: AttackStats, tau: float, check_every: int, order: int, check_graph: bool):
+    def __init__(self, model, st: AttackStats, tau: float, check_every: int, order: int, check_graph: bool,
+                 control: "AdaptiveTau | None" = None):
         self.model, self.st, self.tau, self.check_every = model, st, tau, check_every
-        self.order, self.check_graph = order, check_graph
+        self.order, self.check_graph, self.control = order, check_graph, control
 
     def __call__(self, k: int, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor):
         st, n = self.st, len(x)
@@ -167,7 +170,7 @@ class _Taylor:
             losses = torch.nn.functional.cross_entropy(self.model(x + ds).float(), y, reduction="none")
         change = _dot(g_j, s) + (0.5 * curv * _dot(s, s) if self.order == 2 else 0.0)
         rho = (losses.detach() - loss_j - change).abs() / change.abs().clamp_min(TINY)
-        refresh = rho > self.tau
+        refresh = rho > (self.tau if self.control is None else self.control.tau(self.tau, rho))
         n_refresh = int(refresh.sum())        # the one host read of a check step
         st.checks += n
         st.remainder_sum = st.remainder_sum + rho.clamp(max=1e6).sum().double()   # stays on the device
@@ -193,6 +196,36 @@ class _Taylor:
             self.g_j, self.loss_j = new_g, new_loss
 
 
+class AdaptiveTau:
+    """GAAT's adaptive threshold (``--adapt``): refresh more while the remainder runs above its calmest level.
+
+    After each check it tracks ``level``, a moving average (weight ``MOMENTUM`` on the past) of the check's mean
+    remainder (each rho clipped at ``CLIP``), and ``calm``, the lowest that average has been in the run; the
+    threshold of the next check is tau x calm / level, at least tau / ``MAX_FACTOR``. Early in training, and
+    while eps ramps up, the remainder grows and the attack pays for more true gradients; where it settles,
+    tau returns to its value. Both are device tensors (no host read), kept in last.pt."""
+
+    MOMENTUM, CLIP, MAX_FACTOR = 0.9, 10.0, 8.0
+
+    def __init__(self) -> None:
+        self.level: torch.Tensor | None = None
+        self.calm: torch.Tensor | None = None
+
+    def tau(self, tau: float, rho: torch.Tensor) -> torch.Tensor | float:
+        """This check's threshold (from the state before it); then the state takes in this check's ``rho``."""
+        now = tau if self.level is None else tau * (self.calm / self.level).clamp(min=1 / self.MAX_FACTOR, max=1.0)
+        mean = rho.detach().clamp(max=self.CLIP).mean().double()
+        self.level = mean if self.level is None else self.MOMENTUM * self.level + (1 - self.MOMENTUM) * mean
+        self.calm = self.level if self.calm is None else torch.minimum(self.calm, self.level)
+        return now
+
+    def state_dict(self) -> dict:
+        return {"level": self.level, "calm": self.calm}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.level, self.calm = (None if state.get(k) is None else state[k].to(device) for k in ("level", "calm"))
+
+
 class GAATAttack(Component):
     """The training attack of GAAT and M+GAAT: :func:`gaat_attack` at the schedule's K, with its statistics."""
 
@@ -207,16 +240,20 @@ class GAATAttack(Component):
                   "refresh everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes "
                   "are few), every refresh a sub-batch forward and backward (the passes counted are the work done)"),
             attack_eval_param(False),
+            Param("adapt", bool, False, "adapt tau to the remainder: lower it (down to tau/8) while the checks' mean "
+                  "remainder runs above the lowest it has been in the run (more true gradients early in training "
+                  "and while eps ramps up), tau again where it settles"),
         )
 
     def reset(self):
         self.epoch, self.last = AttackStats(), {}
+        self.control = AdaptiveTau() if self.v.get("adapt") else None
 
     def __call__(self, model, batch: Batch, level: int, alpha: float):
         v = self.v
         x_adv, st, grad = gaat_attack(model, batch.x, batch.y, batch.eps, alpha, level, v["tau"], v["check_every"],
                                       v["order"], v["attack_eval"], check_graph=v["check_graph"],
-                                      threat=self.ctx.threat)
+                                      threat=self.ctx.threat, control=self.control)
         self.epoch.add(st)
         return x_adv, st.passes, None if grad is None else grad / len(batch.y)   # of the mean loss (M+)
 
@@ -233,3 +270,10 @@ class GAATAttack(Component):
 
     def state(self) -> dict:
         return dict(self.last)
+
+    def state_dict(self) -> dict:
+        return {} if self.control is None else {"adapt": self.control.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.control is not None and state.get("adapt"):
+            self.control.load_state_dict(state["adapt"], self.ctx.input_std.device)
