@@ -237,6 +237,12 @@ def test_no_host_sync_inside_a_training_iteration(monkeypatch, tmp_path, method,
                                                 f"syncs (budget {allowed}): {dict(found)}")
 
 
+def test_gaat_adapt_adds_no_host_sync(monkeypatch, tmp_path):
+    """GAAT's adaptive threshold (--adapt) keeps its state on the device: the same budget as plain GAAT."""
+    iterations, params = count_syncs(monkeypatch, tmp_path, "gaat", "mnist", adapt=True)
+    assert params["adapt"] and all(sum(found.values()) <= budget("gaat", params) for found in iterations), iterations
+
+
 def test_the_counter_sees_each_kind_of_sync(monkeypatch):
     counter = SyncCounter(root=os.path.abspath(__file__))
     install(monkeypatch, counter)

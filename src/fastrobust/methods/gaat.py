@@ -203,18 +203,24 @@ class AdaptiveTau:
     remainder (each rho clipped at ``CLIP``), and ``calm``, the lowest that average has been in the run; the
     threshold of the next check is tau x calm / level, at least tau / ``MAX_FACTOR``. Early in training, and
     while eps ramps up, the remainder grows and the attack pays for more true gradients; where it settles,
-    tau returns to its value. Both are device tensors (no host read), kept in last.pt."""
+    tau returns to its value. Both are device tensors (no host read), kept in last.pt; under torchrun the mean
+    is over every process's examples (``all_reduce_sum``, a collective at each check), so every process holds
+    the same state."""
 
     MOMENTUM, CLIP, MAX_FACTOR = 0.9, 10.0, 8.0
 
-    def __init__(self) -> None:
+    def __init__(self, all_reduce_sum=lambda t: t) -> None:
+        self.all_reduce_sum = all_reduce_sum
         self.level: torch.Tensor | None = None
         self.calm: torch.Tensor | None = None
 
     def tau(self, tau: float, rho: torch.Tensor) -> torch.Tensor | float:
         """This check's threshold (from the state before it); then the state takes in this check's ``rho``."""
         now = tau if self.level is None else tau * (self.calm / self.level).clamp(min=1 / self.MAX_FACTOR, max=1.0)
-        mean = rho.detach().clamp(max=self.CLIP).mean().double()
+        count = torch.full((), float(len(rho)), dtype=torch.float64, device=rho.device)   # a fill: no copy
+        total = torch.stack([rho.detach().clamp(max=self.CLIP).sum().double(), count])
+        total = self.all_reduce_sum(total)
+        mean = total[0] / total[1]
         self.level = mean if self.level is None else self.MOMENTUM * self.level + (1 - self.MOMENTUM) * mean
         self.calm = self.level if self.calm is None else torch.minimum(self.calm, self.level)
         return now
@@ -247,7 +253,7 @@ class GAATAttack(Component):
 
     def reset(self):
         self.epoch, self.last = AttackStats(), {}
-        self.control = AdaptiveTau() if self.v.get("adapt") else None
+        self.control = AdaptiveTau(self.ctx.all_reduce_sum) if self.v.get("adapt") else None
 
     def __call__(self, model, batch: Batch, level: int, alpha: float):
         v = self.v
