@@ -258,6 +258,29 @@ def test_aaer_regularises_the_examples_whose_loss_the_step_lowered(name):
     assert torch.allclose(seen["loss"], F.cross_entropy(logits, y) + reg, atol=1e-6)
 
 
+def test_elle_adds_the_local_linearity_error_of_three_points_around_x():
+    """Replayed by hand: CE at x_adv (FGSM-RS, step 1.25 eps, not projected back) + lam x the mean squared error
+    of l(x_c) against the interpolation of l(x_a) and l(x_b), x_c = (1 - a) x_a + a x_b."""
+    from fastrobust.attacks import threat_model
+    model, method, _, _ = make_method("elle")
+    x, y = synthetic(24)
+    seen = {}
+    torch.manual_seed(4)
+    out = method.train_batch(model, Batch(x, y, EPS, 1.25 * EPS), lambda loss, wrt=None: seen.setdefault("loss", loss))
+    assert out.passes == pytest.approx(24 * 5)
+    torch.manual_seed(4)
+    tm = threat_model("linf")
+    start = (x + tm.project(tm.start(x, EPS, None), x, EPS)).requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(start), y, reduction="sum"), start)
+    logits = model((start.detach() + 1.25 * EPS * g.sign()).clamp(0, 1))
+    ends = (torch.cat([x, x]) + tm.start(torch.cat([x, x]), EPS, None)).clamp(0, 1)
+    a = torch.rand(24)
+    middle = (1 - a.view(-1, 1, 1, 1)) * ends[:24] + a.view(-1, 1, 1, 1) * ends[24:]
+    la, lb, lc = (F.cross_entropy(model(p), y, reduction="none") for p in (ends[:24], ends[24:], middle))
+    expected = F.cross_entropy(logits, y) + method.lam * (lc - ((1 - a) * la + a * lb)).pow(2).mean()
+    assert torch.allclose(seen["loss"], expected, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
     """Each leader trains 3 epochs through the engine (a BatchNorm model) and its passes add up as documented."""
@@ -275,7 +298,7 @@ def test_the_leaders_train_through_fit_with_batchnorm(tmp_path):
 
     # 160 training examples in 5 minibatches; LIET refreshes (3 classes) once per epoch
     expected = {"gradalign": 11, "zerograd": 6, "nuat": 1 + 3 + 3, "gat": 9, "fgsm-rs-cs": 6,
-                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-fuap": 9, "fgsm-pgi": 8, "n-aaer": 6, "rs-aaer": 6, "fgsm-pco": 11}
+                "liet": 8 + 3 * 3 / 160, "fgsm-uap": 8, "fgsm-cuap": 8, "fgsm-fuap": 9, "fgsm-pgi": 8, "n-aaer": 6, "rs-aaer": 6, "elle": 15, "fgsm-pco": 11}
     for name, passes in expected.items():
         summary = fastrobust.fit(BNNet(), PlainDataset(192, 0), test_data=PlainDataset(48, 1), method=name,
                                  out=str(tmp_path / name), progress=False, echo=lambda s: None,

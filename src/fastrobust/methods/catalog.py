@@ -104,6 +104,7 @@ register_method(leaders.FGSMPGI)   # per-example state: Batch.index, which the e
 register_method(leaders.FGSMPCO)
 register_method(leaders.NAAER)
 register_method(leaders.RSAAER)
+register_method(leaders.ELLE)
 
 # ---- YOPO (a baseline of the DEAT paper's table): the gradient at the model's first layer drives its attack
 from . import yopo  # noqa: E402

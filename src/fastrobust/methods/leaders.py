@@ -716,6 +716,43 @@ class RSAAER(NAAER):
                          p.help) if p.name in ("lam2", "lam3", "noise", "project") else p for p in NAAER.params)
 
 
+# ---- ELLE --------------------------------------------------------------------------------------------
+
+class ELLE(SingleStep):
+    """Its regulariser is a second loss on other points (three per example, around x, not x_adv), trained
+    through together with CE on x_adv: a loss the composition's single attack point cannot give."""
+
+    name = "elle"
+    description = ("ELLE (Abad Rocamora et al., ICLR 2024, Efficient Local Linearity rEgularization, as the FastAT "
+                   "Benchmark runs it): FGSM (step alpha, default 1.25 eps) from a uniform start, not projected back "
+                   "to the eps-ball; loss CE(f(x_adv)) + lam x mean over the batch of (l(x_c) - ((1 - a) l(x_a) + a "
+                   "l(x_b)))^2, x_a and x_b uniform in the eps-ball, x_c = (1 - a) x_a + a x_b, a uniform in [0, 1], "
+                   "l the per-example CE. Cost 5.")
+    alpha_factor = 1.25
+    params = (Param("lam", float, 1.0, "lambda, the weight of the local-linearity error (constant, as the "
+                    "benchmark runs it; the paper's adaptive ELLE-A is not built)", minimum=0.0),
+              Param("project", bool, False, "project the step back onto the eps-ball"))
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n = len(x)
+        start = tm.project(tm.start(x, eps, None), x, eps)
+        with torch.enable_grad():
+            delta, _, passes = ascend(model, x, start, 1, batch.alpha, eps, tm, y,
+                                      step=None if self.project else _unprojected(tm))
+        logits = model((x + delta).clamp(0, 1))
+        ends = (x.repeat(2, *[1] * (x.dim() - 1)) + tm.start(torch.cat([x, x]), eps, None)).clamp(0, 1)
+        a = per_example(torch.rand(n, device=x.device, dtype=x.dtype), x)
+        middle = (1 - a) * ends[:n] + a * ends[n:]
+        losses = F.cross_entropy(model(torch.cat([ends, middle])).float(), y.repeat(3), reduction="none")
+        a = a.flatten()
+        error = (losses[2 * n:] - ((1 - a) * losses[:n] + a * losses[n:2 * n])).pow(2).mean()
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing) + self.lam * error
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + 4 * n * (FORWARD + BACKWARD))
+
+
 # ---- per-example priors: FGSM-PGI and FGSM-PCO (the engine gives the examples' indices, Batch.index) --------
 
 class ExampleMemory:
