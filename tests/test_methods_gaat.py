@@ -140,22 +140,22 @@ def test_graph_free_checks_decide_like_graph_checks():
     assert 64 < st_free.true_grads < 5 * 64          # some examples were refreshed, not all
 
 
-def test_adaptive_tau_falls_while_the_remainder_grows_and_returns_where_it_settles():
+def test_adaptive_tau_falls_while_the_remainder_grows_and_returns_where_it_is_steady():
     from fastrobust.methods.gaat import AdaptiveTau
 
     control, tau = AdaptiveTau(), 0.3
-    calm = torch.full((8,), 0.1)
-    assert control.tau(tau, calm) == tau                       # the first check: no history
+    steady = torch.full((8,), 0.1)
+    assert control.tau(tau, steady) == tau                      # the first check: no history
     for _ in range(5):
-        assert float(control.tau(tau, calm)) == pytest.approx(tau)
-    seen = [float(control.tau(tau, torch.full((8,), 1.0))) for _ in range(30)]
-    assert seen[0] == pytest.approx(tau) and seen[1] < tau and all(b <= a + 1e-12 for a, b in zip(seen, seen[1:]))
-    assert min(seen) == pytest.approx(tau / AdaptiveTau.MAX_FACTOR)      # the floor
-    back = [float(control.tau(tau, calm)) for _ in range(100)]
-    assert back[-1] == pytest.approx(tau, rel=1e-3) and back[-1] > seen[-1]
+        assert float(control.tau(tau, steady)) == pytest.approx(tau)
+    grown = [float(control.tau(tau, torch.full((8,), 1.0))) for _ in range(30)]
+    assert grown[0] == pytest.approx(tau) and grown[1] < grown[0]          # lowered as soon as it grows
+    assert tau / AdaptiveTau.MAX_FACTOR <= min(grown) < tau / 4
+    held = [float(control.tau(tau, torch.full((8,), 1.0))) for _ in range(5000)]
+    assert held[-1] == pytest.approx(tau, rel=1e-2)             # a remainder that stays high is the new steady level
     saved = AdaptiveTau()
     saved.load_state_dict(control.state_dict(), "cpu")
-    assert float(saved.tau(tau, calm)) == float(control.tau(tau, calm))
+    assert float(saved.tau(tau, steady)) == float(control.tau(tau, steady))
 
 
 def test_gaat_adapt_trains_and_resumes_its_threshold_exactly():
@@ -165,7 +165,7 @@ def test_gaat_adapt_trains_and_resumes_its_threshold_exactly():
     for b in range(3):
         method.train_batch(model, Batch(*synthetic(24, seed=b), EPS, EPS / 4), step)
     state = method.state_dict()
-    assert state["attack"]["adapt"]["level"] is not None
+    assert state["attack"]["adapt"]["fast"] is not None
     _, fresh, _, _ = make("gaat", steps=4, adapt=True)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.parts["attack"].control.calm, method.parts["attack"].control.calm)
+    assert torch.equal(fresh.parts["attack"].control.slow, method.parts["attack"].control.slow)

@@ -197,39 +197,41 @@ class _Taylor:
 
 
 class AdaptiveTau:
-    """GAAT's adaptive threshold (``--adapt``): refresh more while the remainder runs above its calmest level.
+    """GAAT's adaptive threshold (``--adapt``): refresh more where the remainder grows.
 
-    After each check it tracks ``level``, a moving average (weight ``MOMENTUM`` on the past) of the check's mean
-    remainder (each rho clipped at ``CLIP``), and ``calm``, the lowest that average has been in the run; the
-    threshold of the next check is tau x calm / level, at least tau / ``MAX_FACTOR``. Early in training, and
-    while eps ramps up, the remainder grows and the attack pays for more true gradients; where it settles,
-    tau returns to its value. Both are device tensors (no host read), kept in last.pt; under torchrun the mean
-    is over every process's examples (``all_reduce_sum``, a collective at each check), so every process holds
-    the same state."""
+    After each check it tracks two moving averages of the check's mean remainder (each rho clipped at
+    ``CLIP``): a fast one (weight ``FAST`` on the past, about ten checks) and a slow one (``SLOW``, about a
+    thousand). The next check's threshold is tau x slow / fast, between tau / ``MAX_FACTOR`` and tau: while the
+    remainder grows (the fast average above the slow one: early in training, while eps ramps up) the attack
+    pays for more true gradients; where it is steady, tau is its value. Both averages are device tensors (no
+    host read), kept in last.pt; under torchrun the mean is over every process's examples (``all_reduce_sum``,
+    a collective at each check), so every process holds the same state."""
 
-    MOMENTUM, CLIP, MAX_FACTOR = 0.9, 10.0, 8.0
+    FAST, SLOW, CLIP, MAX_FACTOR = 0.9, 0.999, 10.0, 8.0
 
     def __init__(self, all_reduce_sum=lambda t: t) -> None:
         self.all_reduce_sum = all_reduce_sum
-        self.level: torch.Tensor | None = None
-        self.calm: torch.Tensor | None = None
+        self.fast: torch.Tensor | None = None
+        self.slow: torch.Tensor | None = None
 
     def tau(self, tau: float, rho: torch.Tensor) -> torch.Tensor | float:
         """This check's threshold (from the state before it); then the state takes in this check's ``rho``."""
-        now = tau if self.level is None else tau * (self.calm / self.level).clamp(min=1 / self.MAX_FACTOR, max=1.0)
+        now = tau if self.fast is None else tau * (self.slow / self.fast).clamp(min=1 / self.MAX_FACTOR, max=1.0)
         count = torch.full((), float(len(rho)), dtype=torch.float64, device=rho.device)   # a fill: no copy
-        total = torch.stack([rho.detach().clamp(max=self.CLIP).sum().double(), count])
-        total = self.all_reduce_sum(total)
+        total = self.all_reduce_sum(torch.stack([rho.detach().clamp(max=self.CLIP).sum().double(), count]))
         mean = total[0] / total[1]
-        self.level = mean if self.level is None else self.MOMENTUM * self.level + (1 - self.MOMENTUM) * mean
-        self.calm = self.level if self.calm is None else torch.minimum(self.calm, self.level)
+        if self.fast is None:
+            self.fast = self.slow = mean
+        else:
+            self.fast = self.FAST * self.fast + (1 - self.FAST) * mean
+            self.slow = self.SLOW * self.slow + (1 - self.SLOW) * mean
         return now
 
     def state_dict(self) -> dict:
-        return {"level": self.level, "calm": self.calm}
+        return {"fast": self.fast, "slow": self.slow}
 
     def load_state_dict(self, state: dict, device) -> None:
-        self.level, self.calm = (None if state.get(k) is None else state[k].to(device) for k in ("level", "calm"))
+        self.fast, self.slow = (None if state.get(k) is None else state[k].to(device) for k in ("fast", "slow"))
 
 
 class GAATAttack(Component):
@@ -246,9 +248,9 @@ class GAATAttack(Component):
                   "refresh everyone when more than 2/3 need it; false: graph-free checks (cheaper when refreshes "
                   "are few), every refresh a sub-batch forward and backward (the passes counted are the work done)"),
             attack_eval_param(False),
-            Param("adapt", bool, False, "adapt tau to the remainder: lower it (down to tau/8) while the checks' mean "
-                  "remainder runs above the lowest it has been in the run (more true gradients early in training "
-                  "and while eps ramps up), tau again where it settles"),
+            Param("adapt", bool, False, "adapt tau to the remainder's growth: tau x (slow / fast moving average of the "
+                  "checks' mean remainder), down to tau/8: more true gradients while the remainder grows (early in "
+                  "training, while eps ramps up), tau where it is steady"),
         )
 
     def reset(self):
