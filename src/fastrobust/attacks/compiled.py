@@ -32,6 +32,18 @@ def eager(model):
     return model._orig_mod if is_compiled(model) else model
 
 
+def unwrapped(model):
+    """The user's module behind the engine's DistributedDataParallel and torch.compile wrappers, for forwards
+    that must reach its submodules' hooks and stop midway (no gradient synchronisation is wanted there)."""
+    while True:
+        inner = eager(model)
+        if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
+
+
 @contextmanager
 def input_grad_only(model) -> Iterator[None]:
     """For the block, the parameters of a compiled ``model`` require no gradient (restored after, even on an

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ..attacks import preserved_mode
-from ..attacks.compiled import eager
+from ..attacks.compiled import unwrapped
 from ..attacks.kernel import ascend, summed_ce
 from ..attacks.projection import per_example
 from ..errors import ConfigError
@@ -597,12 +597,12 @@ class FGSMFUAP(FGSMUAP):
     def _choose(self, model, x_noisy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The perturbation of each example (the head's argmax); one step of the head on CE against ``y``."""
         if self.layer is None:
-            self.layer = _classifier_layer(eager(model), self.ctx.num_classes)
+            self.layer = _classifier_layer(unwrapped(model), self.ctx.num_classes)
         seen = {}
         handle = self.layer.register_forward_pre_hook(lambda m, args: seen.__setitem__("f", args[0].detach()))
         try:
             with torch.no_grad():      # in the model's training mode, as the benchmark does
-                eager(model)(x_noisy)
+                unwrapped(model)(x_noisy)
         finally:
             handle.remove()
         features = seen["f"].flatten(1).float()

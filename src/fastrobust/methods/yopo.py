@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks.compiled import eager
+from ..attacks.compiled import unwrapped
 from ..attacks.kernel import ascend
 from ..errors import ConfigError
 from ..models.layers import Classifier
@@ -35,21 +35,10 @@ class _Reached(Exception):
     """Raised by the first layer's forward hook to stop the model's forward there."""
 
 
-def _raw(model: torch.nn.Module) -> torch.nn.Module:
-    """The model without its DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        inner = eager(model)
-        if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
-            inner = inner.module
-        if inner is model:
-            return model
-        model = inner
-
-
 def first_layer(model: torch.nn.Module, name: str = "") -> torch.nn.Module:
     """The submodule ``name``, else the one the model declares in its ``first_layer`` attribute. Names are the
     user's own model's (``conv1``), also when fastrobust wraps it in a :class:`Classifier` (``net.conv1``)."""
-    raw = _raw(model)
+    raw = unwrapped(model)
     own = raw.net if isinstance(raw, Classifier) else raw
     name = name or getattr(raw, "first_layer", None) or getattr(own, "first_layer", None)
     children = ", ".join(n for n, _ in own.named_children()) or "none"
@@ -101,7 +90,7 @@ class YOPO(Method):
 
         handle = self.layer_module.register_forward_hook(stop)
         try:
-            _raw(model)(x)
+            unwrapped(model)(x)
         except _Reached:
             pass
         finally:
@@ -115,7 +104,7 @@ class YOPO(Method):
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
         if self.layer_module is None:
             self.layer_module = first_layer(model, self.layer)
-        params = [p for p in _raw(model).parameters() if p.requires_grad]
+        params = [p for p in unwrapped(model).parameters() if p.requires_grad]
         layer_params = [p for p in self.layer_module.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in params]
         slot = {id(p): i for i, p in enumerate(params)}
