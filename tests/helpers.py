@@ -53,7 +53,7 @@ EPS = 0.1
 
 
 def make_method(name, epochs=3, input_std=None, all_reduce_sum=None, lr=0.1, eps=EPS, alpha=EPS / 4, norm="linf",
-                seed=0, **params):
+                seed=0, label_smoothing=0.0, **params):
     """(model, method, step, calls) for method ``name`` on TinyNet; ``calls`` gets each step's input gradient."""
     from fastrobust.attacks import threat_model
     from fastrobust.methods import MethodContext, get_method
@@ -74,7 +74,8 @@ def make_method(name, epochs=3, input_std=None, all_reduce_sum=None, lr=0.1, eps
         return grad
 
     ctx = MethodContext(num_classes=3, input_std=torch.ones(1) if input_std is None else input_std,
-                        epochs=epochs, batches_per_epoch=2, threat=threat_model(norm), eps=eps, alpha=alpha)
+                        epochs=epochs, batches_per_epoch=2, threat=threat_model(norm), eps=eps, alpha=alpha,
+                        label_smoothing=label_smoothing)
     if all_reduce_sum is not None:
         ctx.all_reduce_sum = all_reduce_sum
     cls = get_method(name)

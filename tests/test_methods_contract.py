@@ -45,6 +45,21 @@ def test_reported_passes_equal_the_work_counted(name, norm):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_label_smoothing_reaches_every_method(name):
+    """--label-smoothing changes the weight step of every method (none ignores it), and 0 is no smoothing."""
+    def weights_after(smoothing):
+        model, method, step, _ = make_method(name, label_smoothing=smoothing, **small(name))
+        x, y = synthetic(24)
+        torch.manual_seed(5)
+        method.train_batch(model, Batch(x, y, EPS, EPS / 4, rows(24)), step)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = weights_after(0.0)
+    assert torch.equal(plain, weights_after(0.0))
+    assert not torch.allclose(plain, weights_after(0.3), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_loss_decreases_on_a_small_batch(name):
     model, method, step, _ = make_method(name, **small(name))
     x, y = synthetic(96)

@@ -445,3 +445,17 @@ def test_example_memory_gathers_every_processs_rows_at_the_end_of_an_epoch():
     before = alone.tables["delta"].clone()
     alone.gather(lambda t: t)
     assert torch.equal(alone.tables["delta"], before)
+
+
+def test_own_soft_targets_take_label_smoothing_as_torch_does():
+    """FGSM-RS-CS, FGSM-PCO and LIET smooth their own targets; --label-smoothing S mixes them with the uniform
+    distribution as torch's cross-entropy does with soft targets (what the FastAT Benchmark trains on)."""
+    from fastrobust.methods.leaders import _label_smoothed, _soft_ce
+
+    logits = torch.randn(8, 5)
+    targets = torch.softmax(torch.randn(8, 5), 1)
+    mixed = _label_smoothed(targets, 0.4)
+    entropy = -(mixed * mixed.log()).sum(1).mean()
+    assert torch.allclose(_soft_ce(logits, mixed) + entropy,
+                          torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.4), atol=1e-6)
+    assert _label_smoothed(targets, 0.0) is targets

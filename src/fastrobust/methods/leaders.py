@@ -272,7 +272,7 @@ class FGSMRSCS(SingleStep):
             point, _, passes = ascend(model, torch.zeros_like(x), start, 1, batch.alpha, eps, tm, y,
                                       gradient=gradient, step=_unprojected(tm))
         logits = model(point.clamp_(0, 1))
-        targets = self._targets(y, logits.shape[1])
+        targets = _label_smoothed(self._targets(y, logits.shape[1]), self.ctx.label_smoothing)
         loss = _soft_ce(logits, targets)
         at_start = _soft_ce(kept["logits"], targets)
         passes += n * (FORWARD + BACKWARD)
@@ -308,6 +308,12 @@ class FGSMRSCS(SingleStep):
         super().load_state_dict(state)
         self.prev = state["prev"]
         self.sums = state["sums"].to(self.sums.device)
+
+
+def _label_smoothed(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """A method's own soft targets with the run's ``--label-smoothing`` S on top: (1 - S) t + S / classes, what
+    torch's cross-entropy does with soft targets and a label smoothing (and so the FastAT Benchmark's)."""
+    return targets * (1 - smoothing) + smoothing / targets.shape[1] if smoothing else targets
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -406,7 +412,8 @@ class LIET(SingleStep):
                 d, _, spent = ascend(model, x, start, 1, batch.alpha, eps, tm, y, gradient=gradient)
                 x_adv = x + d
         logits = model(x_adv)
-        loss = _soft_ce(logits, self._targets(y, classes)) + self.lam_now() * _js(kept["logits"], logits)
+        targets = _label_smoothed(self._targets(y, classes), self.ctx.label_smoothing)
+        loss = _soft_ce(logits, targets) + self.lam_now() * _js(kept["logits"], logits)
         step(loss)
         self.counter += 1
         self.in_epoch += 1
@@ -914,6 +921,7 @@ class FGSMPCO(PriorGuided):
         delta = tm.project(self.memory.get("delta", index, x, self.random_sign(eps)), x, eps)
         rest = (1 - self.smooth) / max(classes - 1, 1)
         targets = torch.full((n, classes), rest, device=y.device).scatter_(1, y[:, None], self.smooth)
+        targets = _label_smoothed(targets, self.ctx.label_smoothing)   # its attack's too, as the benchmark's
         kept = {}
 
         def gradient(k, x0, d, against):
