@@ -115,7 +115,7 @@ def test_fgsm_rs_cs_constraint_sign():
     grads = {}
     for prev in (-1.0, None, 10.0):
         torch.manual_seed(3)
-        method.prev = prev
+        method.cs.prev = prev
         model.zero_grad()
         method.train_batch(model, Batch(x, y, EPS, EPS), lambda loss, wrt=None: loss.backward())
         grads[prev] = next(model.parameters()).grad.clone()
@@ -459,3 +459,74 @@ def test_own_soft_targets_take_label_smoothing_as_torch_does():
     assert torch.allclose(_soft_ce(logits, mixed) + entropy,
                           torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.4), atol=1e-6)
     assert _label_smoothed(targets, 0.0) is targets
+
+
+def test_ssat_trains_on_the_first_misclassified_checkpoint():
+    """Replayed by hand: FGSM-RS from the start the model saw; an example wrong at the start trains on x; the
+    others on the first of x + k/c delta (k = 1 .. c-1, classified in eval mode) that is misclassified, else x + delta."""
+    import copy
+
+    c, eps = 4, 0.4
+    model, method, step, _ = make_method("ssat", c=c)
+    x, y = synthetic(48)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):                          # trained on clean data a little, so that the outcomes are mixed
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    before = copy.deepcopy(model)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), m.training)))
+    out = method.train_batch(model, Batch(x, y, eps, 1.25 * eps), step)
+    assert [t for _, t in seen] == [True] + [False] * (c - 1) + [True]   # checkpoints in eval mode
+    start = seen[0][0].requires_grad_(True)
+    logits = before(start)
+    (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), start)
+    delta = (start.detach() - x + 1.25 * eps * g.sign()).clamp(-eps, eps)
+    delta = (x + delta).clamp(0, 1) - x
+    right = logits.argmax(1) == y
+    expected, kinds = [], []
+    for i in range(len(x)):
+        if not right[i]:
+            expected.append(x[i]); kinds.append("x")
+            continue
+        for k in range(1, c):
+            point = x[i] + k / c * delta[i]
+            if before(point[None]).argmax(1).item() != y[i].item():
+                expected.append(point); kinds.append(k)
+                break
+        else:
+            expected.append(x[i] + delta[i]); kinds.append("full")
+    assert torch.allclose(seen[-1][0], torch.stack(expected), atol=1e-6)
+    assert len(set(kinds)) >= 3, kinds          # the rule's branches are all exercised
+    assert out.passes == pytest.approx(48 * (2 + (c - 1) / 3))
+
+
+def test_fgsm_mep_cs_constrains_the_clean_loss_and_keeps_its_priors():
+    """The constraint's term is +-w CE(f(x)) on the method's smoothed targets (the difference of the weight
+    gradients with it up and down is twice that loss's gradient); the stored perturbation moves as fgsm-pgi's."""
+    from fastrobust.methods.leaders import _smoothed_targets, _soft_ce
+
+    x, y = synthetic(24)
+    grads = {}
+    for prev in (-1.0, None, 10.0):
+        model, method, _, _ = make_method("fgsm-mep-cs", epochs=4, stride=0, gamma=0.0, label_smoothing=0.2)
+        method.epoch = 1
+        method.cs.prev = prev
+        torch.manual_seed(3)
+        method.train_batch(model, Batch(x, y, EPS, EPS, torch.arange(24)), lambda loss, wrt=None: loss.backward())
+        grads[prev] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model, method, _, _ = make_method("fgsm-mep-cs", epochs=4)
+    clean = _soft_ce(model(x), _smoothed_targets(y, 3, 0.6, 0.2))
+    g_clean = torch.cat([g.flatten() for g in torch.autograd.grad(clean, list(model.parameters()))])
+    assert torch.allclose(grads[-1.0] - grads[10.0], 2 * g_clean, atol=1e-6)
+    assert torch.allclose(grads[-1.0] - grads[None], grads[None] - grads[10.0], atol=1e-6)
+    # the priors: the first start is the stored random sign, the next stored one moves by eps sign(g / |g|_1)
+    model, method, step, _ = make_method("fgsm-mep-cs")
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    method.train_batch(model, Batch(x, y, EPS, EPS, torch.arange(24)), step)
+    start = seen[0] - x
+    stored = method.memory.tables["delta"][:24]
+    assert torch.allclose(start.abs().clamp(max=EPS), start.abs()) and not torch.allclose(stored, start)
+    assert ((stored - start).abs() <= 2 * EPS + 1e-6).all() and (stored.abs() <= EPS + 1e-6).all()

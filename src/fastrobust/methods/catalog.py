@@ -102,9 +102,11 @@ register_method(leaders.FGSMCUAP)
 register_method(leaders.FGSMFUAP)   # a head on the model's penultimate features picks the perturbation
 register_method(leaders.FGSMPGI)   # per-example state: Batch.index, which the engine's loader gives
 register_method(leaders.FGSMPCO)
+register_method(leaders.FGSMMEPCS)
 register_method(leaders.NAAER)
 register_method(leaders.RSAAER)
 register_method(leaders.ELLE)
+register_method(leaders.SSAT)
 
 # ---- YOPO (a baseline of the DEAT paper's table): the gradient at the model's first layer drives its attack
 from . import yopo  # noqa: E402

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from ..attacks import preserved_mode
 from ..attacks.compiled import unwrapped
-from ..attacks.kernel import ascend, summed_ce
+from ..attacks.kernel import ascend, input_grad, summed_ce
 from ..attacks.projection import per_example
 from ..errors import ConfigError
 from .base import BACKWARD, FORWARD, Batch, Method, Param, StepOutput
@@ -230,6 +230,59 @@ class GAT(CleanGuided):
 
 # ---- FGSM-RS-CS (ConvergeSmooth) ---------------------------------------------------------------------
 
+CS_PARAMS = (Param("gamma", float, 0.03, "the largest change of the constrained loss from the last epoch's mean "
+                   "that goes unconstrained", minimum=0.0),
+             Param("w", float, 1.0, "the weight of the constraint term", minimum=0.0),
+             Param("smooth", float, 0.6, "the target probability of the true class (the rest shared equally)",
+                   minimum=0.0),
+             Param("stride", int, 1, "the constraint applies from epoch stride + 2 on (1-based), up to the last "
+                   "stride epochs", minimum=0))
+
+
+class ConvergeSmooth:
+    """ConvergeSmooth's oscillatory constraint on a minibatch loss l (Zhao et al., ICCV 2023): where l differs
+    from the last epoch's mean L by more than ``gamma``, the weight step's loss gets +w l (l above L) or -w l
+    (below), in the epochs t (0-based) with stride < t < epochs - stride. The sign is decided on the device and
+    the epoch's mean is summed there (no host read); the mean is all-reduced once per epoch."""
+
+    def __init__(self, gamma: float, w: float, stride: int, epochs: int, device) -> None:
+        self.gamma, self.w, self.stride, self.epochs = gamma, w, stride, epochs
+        self.prev = None          # the last epoch's mean of l
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)
+
+    def active(self, epoch: int) -> bool:
+        return self.prev is not None and self.stride < epoch < self.epochs - self.stride
+
+    def term(self, l: torch.Tensor, n: int, epoch: int) -> torch.Tensor | None:
+        """The constraint's term for this minibatch's mean loss ``l`` over ``n`` examples (None where it does not
+        apply); ``l`` also enters this epoch's mean."""
+        self.sums[0].add_(l.detach().double(), alpha=n)
+        self.sums[1].add_(n)
+        if not self.active(epoch):
+            return None
+        change = l.detach() - self.prev
+        return self.w * torch.where(change.abs() > self.gamma, change.sign(), torch.zeros_like(change)) * l
+
+    def end_epoch(self, all_reduce_sum) -> None:
+        total, seen = all_reduce_sum(self.sums).tolist()
+        self.sums = torch.zeros_like(self.sums)
+        if seen:
+            self.prev = total / seen
+
+    def state_dict(self) -> dict:
+        return {"prev": self.prev, "sums": self.sums.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev, self.sums = state["prev"], state["sums"].to(self.sums.device)
+
+
+def _smoothed_targets(y: torch.Tensor, classes: int, p_y: float, label_smoothing: float) -> torch.Tensor:
+    """p_y on the true class, the rest shared equally, with the run's label smoothing on top."""
+    rest = (1 - p_y) / max(classes - 1, 1)
+    targets = torch.full((len(y), classes), rest, device=y.device).scatter_(1, y[:, None], p_y)
+    return _label_smoothed(targets, label_smoothing)
+
+
 class FGSMRSCS(SingleStep):
     name = "fgsm-rs-cs"
     description = ("FGSM-RS-CS, ConvergeSmooth on FGSM-RS (Zhao et al., ICCV 2023): one step of size alpha "
@@ -238,23 +291,11 @@ class FGSMRSCS(SingleStep):
                    "plus the oscillatory constraint: where the minibatch's loss at x + eta, l, differs from the last "
                    "epoch's mean by more than gamma, +w l (above) or -w l (below). Cost 2, 8/3 in the epochs where "
                    "the constraint applies.")
-    params = (Param("gamma", float, 0.03, "the largest change of the loss at the random start from the last "
-                    "epoch's mean that goes unconstrained", minimum=0.0),
-              Param("w", float, 1.0, "the weight of the constraint term", minimum=0.0),
-              Param("smooth", float, 0.6, "the target probability of the true class (the rest shared equally)",
-                    minimum=0.0),
-              Param("stride", int, 1, "the constraint applies from epoch stride + 2 on (1-based), up to the last "
-                    "stride epochs", minimum=0))
+    params = CS_PARAMS
 
     def __init__(self, ctx, **params) -> None:
         super().__init__(ctx, **params)
-        self.prev = None          # the last epoch's mean loss at the random start
-        self.sums = torch.zeros(2, dtype=torch.float64, device=ctx.input_std.device)
-
-    def constrained(self) -> bool:
-        """Whether the constraint applies in this epoch (0-based t): stride < t < epochs - stride (and a last
-        epoch's mean exists)."""
-        return self.prev is not None and self.stride < self.epoch < self.ctx.epochs - self.stride
+        self.cs = ConvergeSmooth(self.gamma, self.w, self.stride, ctx.epochs, ctx.input_std.device)
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
@@ -272,42 +313,30 @@ class FGSMRSCS(SingleStep):
             point, _, passes = ascend(model, torch.zeros_like(x), start, 1, batch.alpha, eps, tm, y,
                                       gradient=gradient, step=_unprojected(tm))
         logits = model(point.clamp_(0, 1))
-        targets = _label_smoothed(self._targets(y, logits.shape[1]), self.ctx.label_smoothing)
+        targets = _smoothed_targets(y, logits.shape[1], self.smooth, self.ctx.label_smoothing)
         loss = _soft_ce(logits, targets)
-        at_start = _soft_ce(kept["logits"], targets)
         passes += n * (FORWARD + BACKWARD)
-        if self.constrained():
-            change = at_start.detach() - self.prev
-            sign = torch.where(change.abs() > self.gamma, change.sign(), torch.zeros_like(change))
-            loss = loss + self.w * sign * at_start
+        term = self.cs.term(_soft_ce(kept["logits"], targets), n, self.epoch)
+        if term is not None:
+            loss = loss + term
             passes += n * BACKWARD      # the backward through the start's forward (also when its sign is 0)
-        self.sums[0].add_(at_start.detach().double(), alpha=n)   # no host value crosses to the device
-        self.sums[1].add_(n)
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes)
 
-    def _targets(self, y, classes):
-        rest = (1 - self.smooth) / max(classes - 1, 1)
-        return torch.full((len(y), classes), rest, device=y.device).scatter_(1, y[:, None], self.smooth)
-
     def on_epoch_end(self, epoch):
         super().on_epoch_end(epoch)
-        total, seen = self.ctx.all_reduce_sum(self.sums).tolist()
-        self.sums = torch.zeros_like(self.sums)
-        if seen:
-            self.prev = total / seen
+        self.cs.end_epoch(self.ctx.all_reduce_sum)
 
     def state(self):
-        return {"start_loss": self.prev} if self.prev is not None else {}
+        return {"start_loss": self.cs.prev} if self.cs.prev is not None else {}
 
     def state_dict(self):
-        return {**super().state_dict(), "prev": self.prev, "sums": self.sums.cpu()}
+        return {**super().state_dict(), **self.cs.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.prev = state["prev"]
-        self.sums = state["sums"].to(self.sums.device)
+        self.cs.load_state_dict(state)
 
 
 def _label_smoothed(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -856,7 +885,38 @@ class PriorGuided(SingleStep):
         self.memory.load_state_dict(state["memory"], self.ctx.input_std.device)
 
 
-class FGSMPGI(PriorGuided):
+class MomentumPriors(PriorGuided):
+    """FGSM-MEP's priors (FGSM-PGI and FGSM-MEP-CS): each example's stored perturbation and momentum, both reset
+    every ``reset`` epochs; after the step, the momentum becomes g / |g|_1 + decay m and the stored perturbation
+    moves by eps along its direction."""
+
+    def priors(self, x, index, eps):
+        """(start, momentum) of the minibatch's examples."""
+        if self.epoch % self.reset == 0 and getattr(self, "_reset_at", None) != self.epoch:
+            self.memory.clear()                 # the epoch's first minibatch: fresh priors
+            self._reset_at = self.epoch
+        delta = self.memory.get("delta", index, x, self.random_sign(eps))
+        return self.ctx.threat.project(delta, x, eps), self.memory.get("momentum", index, x, torch.zeros_like)
+
+    def remember(self, index, x, eps, start, grad, momentum) -> None:
+        tm = self.ctx.threat
+        momentum = grad / grad.abs().sum().clamp_min(1e-30) + self.decay * momentum
+        self.memory.put("momentum", index, momentum)
+        self.memory.put("delta", index, tm.project(start + eps * tm.direction(momentum), x, eps))
+
+    def state_dict(self):
+        return {**super().state_dict(), "reset_at": getattr(self, "_reset_at", None)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._reset_at = state["reset_at"]
+
+
+MEP_PARAMS = (Param("decay", float, 0.3, "the momentum's decay", minimum=0.0),
+              Param("reset", int, 40, "epochs between resets of the stored perturbations and momenta", minimum=1))
+
+
+class FGSMPGI(MomentumPriors):
     """The start is the example's own perturbation from the last epoch (moved along a momentum of its input
     gradients), and the loss needs the start's forward: a start with per-example state and a loss of two
     forwards, which the composition has not."""
@@ -869,36 +929,72 @@ class FGSMPGI(PriorGuided):
                    "stored delta becomes clip(delta + eps sign(m)), m = grad / |grad|_1 (the minibatch's) + decay "
                    "m, m also stored per example. Cost 8/3. Needs the examples' indices.")
     params = (Param("lam", float, 10.0, "lambda, the weight of the MSE between x_adv's and the start's logits",
-                    minimum=0.0),
-              Param("decay", float, 0.3, "the momentum's decay", minimum=0.0),
-              Param("reset", int, 40, "epochs between resets of the stored perturbations and momenta", minimum=1))
+                    minimum=0.0), *MEP_PARAMS)
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
-        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        x, y, eps = batch.x.detach(), batch.y, batch.eps
         index, n = _index(batch, self.name), len(x)
-        if self.epoch % self.reset == 0 and getattr(self, "_reset_at", None) != self.epoch:
-            self.memory.clear()                 # the epoch's first minibatch: fresh priors
-            self._reset_at = self.epoch
-        delta = self.memory.get("delta", index, x, self.random_sign(eps))
-        momentum = self.memory.get("momentum", index, x, torch.zeros_like)
-        start = tm.project(delta, x, eps)
-        adv, passes, kept = _step_keeping_start(model, x, start, batch, tm, y)
+        start, momentum = self.priors(x, index, eps)
+        adv, passes, kept = _step_keeping_start(model, x, start, batch, self.ctx.threat, y)
         logits = model(x + adv)
         loss = _ce_and_mse_to_start(logits, y, kept, self.lam, self.ctx.label_smoothing)
         step(loss)
-        g = kept["grad"]
-        momentum = g / g.abs().sum().clamp_min(1e-30) + self.decay * momentum
-        self.memory.put("momentum", index, momentum)
-        self.memory.put("delta", index, tm.project(start + eps * tm.direction(momentum), x, eps))
+        self.remember(index, x, eps, start, kept["grad"], momentum)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes + n * (FORWARD + 2 * BACKWARD))
 
+
+class FGSMMEPCS(MomentumPriors):
+    """FGSM-MEP's priors with ConvergeSmooth's constraint on the clean loss: per-example state and a loss term
+    on a forward of its own, outside the composition."""
+
+    name = "fgsm-mep-cs"
+    description = ("FGSM-MEP-CS, ConvergeSmooth (Zhao et al., ICCV 2023) on FGSM-MEP (Jia et al., ECCV 2022), as "
+                   "the FastAT Benchmark runs it: each example starts from its stored perturbation delta, as "
+                   "fgsm-pgi; one step of alpha (default eps) on CE against targets smoothed to p_y = smooth, "
+                   "projected; loss CE(f(x_adv)) on the same targets (no MSE term) + the oscillatory constraint on "
+                   "the clean loss l = CE(f(x)): +w l or -w l where l moved from the last epoch's mean by more than "
+                   "gamma; the stored delta and momentum as fgsm-pgi's. Cost 7/3, 3 in the epochs where the "
+                   "constraint applies. Needs the examples' indices.")
+    params = (*CS_PARAMS, *MEP_PARAMS)
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.cs = ConvergeSmooth(self.gamma, self.w, self.stride, ctx.epochs, ctx.input_std.device)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps = batch.x.detach(), batch.y, batch.eps
+        index, n = _index(batch, self.name), len(x)
+        targets = _smoothed_targets(y, self.ctx.num_classes, self.smooth, self.ctx.label_smoothing)
+        start, momentum = self.priors(x, index, eps)
+        with torch.enable_grad():
+            adv, grad, passes = ascend(model, x, start, 1, batch.alpha, eps, self.ctx.threat, y, keep_grad=True,
+                                       objective=lambda logits, _: _soft_ce(logits, targets) * len(logits))
+        logits = model(x + adv)
+        loss = _soft_ce(logits, targets)
+        passes += n * (2 * FORWARD + BACKWARD)          # x_adv's forward and backward, the clean forward
+        term = self.cs.term(_soft_ce(model(x), targets), n, self.epoch)
+        if term is not None:
+            loss = loss + term
+            passes += n * BACKWARD                      # the backward through the clean forward
+        step(loss)
+        self.remember(index, x, eps, start, grad, momentum)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes)
+
+    def on_epoch_end(self, epoch):
+        super().on_epoch_end(epoch)
+        self.cs.end_epoch(self.ctx.all_reduce_sum)
+
+    def state(self):
+        return {"clean_loss": self.cs.prev} if self.cs.prev is not None else {}
+
     def state_dict(self):
-        return {**super().state_dict(), "reset_at": getattr(self, "_reset_at", None)}
+        return {**super().state_dict(), "cs": self.cs.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self._reset_at = state["reset_at"]
+        self.cs.load_state_dict(state["cs"])
 
 
 class FGSMPCO(PriorGuided):
@@ -919,9 +1015,7 @@ class FGSMPCO(PriorGuided):
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
         index, n, classes = _index(batch, self.name), len(x), self.ctx.num_classes
         delta = tm.project(self.memory.get("delta", index, x, self.random_sign(eps)), x, eps)
-        rest = (1 - self.smooth) / max(classes - 1, 1)
-        targets = torch.full((n, classes), rest, device=y.device).scatter_(1, y[:, None], self.smooth)
-        targets = _label_smoothed(targets, self.ctx.label_smoothing)   # its attack's too, as the benchmark's
+        targets = _smoothed_targets(y, classes, self.smooth, self.ctx.label_smoothing)   # its attack's too
         kept = {}
 
         def gradient(k, x0, d, against):
@@ -943,3 +1037,44 @@ class FGSMPCO(PriorGuided):
         self.memory.put("delta", index, fgsm)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes + n * (2 * FORWARD + 3 * BACKWARD))
+
+
+# ---- SSAT ----------------------------------------------------------------------------------------------
+
+class SSAT(SingleStep):
+    """Its training input is chosen among points along the FGSM perturbation by forwards in eval mode (the first
+    misclassified one): a selection after the attack that the composition's attack -> loss has not."""
+
+    name = "ssat"
+    alpha_factor = 1.25
+    description = ("SSAT (Kim, Lee & Lee, AAAI 2021, as the FastAT Benchmark runs it): FGSM-RS (step alpha, "
+                   "default 1.25 eps, from uniform noise in the eps-ball, projected) gives delta; an example the "
+                   "model misclassifies at the random start trains on x itself; for the others, the checkpoints "
+                   "x + (k / c) delta, k = 1 .. c - 1, are classified in eval mode and the example trains on the "
+                   "first misclassified one (x + delta if none); loss CE. Cost 2 + (c - 1)/3.")
+    params = (Param("c", int, 3, "the number of parts the perturbation is split into (c - 1 checkpoints)",
+                    minimum=1),)
+
+    def train_batch(self, model, batch: Batch, step) -> StepOutput:
+        x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
+        n, kept = len(x), {}
+
+        def gradient(k, x0, d, against):
+            grad, kept["logits"] = input_grad(model, x0 + d, against)
+            return grad, kept["logits"]
+
+        with torch.enable_grad():
+            delta, _, passes = ascend(model, x, tm.random_delta(x, eps), 1, batch.alpha, eps, tm, y,
+                                      gradient=gradient)
+        # as the reference: "correct" is judged at the random start, the attack's own forward
+        adv = torch.where(per_example(kept["logits"].argmax(1) == y, x), x + delta, x)
+        with torch.no_grad(), preserved_mode(model, True):
+            for k in range(self.c - 1, 0, -1):      # from the last checkpoint down: the first misclassified wins
+                point = x + (k / self.c) * delta
+                wrong = (model(point).argmax(1) != y) & (kept["logits"].argmax(1) == y)
+                adv = torch.where(per_example(wrong, x), point, adv)
+        logits = model(adv)
+        loss = cross_entropy(logits, y, self.ctx.label_smoothing)
+        step(loss)
+        self.counter += 1
+        return StepOutput(loss.detach(), logits.detach(), passes + n * ((self.c - 1) * FORWARD + FORWARD + BACKWARD))
