@@ -82,8 +82,8 @@ def pgd(
         ``x_adv``, detached, with the dtype, device and shape of ``x``.
     """
     eps = _check_number("eps", eps)
-    steps = _check_count("steps", steps)
-    restarts = _check_count("restarts", restarts)
+    steps = check_count("steps", steps)
+    restarts = check_count("restarts", restarts)
     alpha = 2.5 * eps / steps if alpha is None else _check_number("alpha", alpha)
     tm, lf = threat_model(norm), loss_fn(loss)
     if restarts > 1 and not random_start:
@@ -141,7 +141,7 @@ def _check_number(name: str, value: float) -> float:
     return float(value)
 
 
-def _check_count(name: str, value: int) -> int:
+def check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..attacks import pgd, preserved_mode
-from ..attacks.pgd import _check_count as check_count   # one check of counts for attacks and evaluation
+from ..attacks.pgd import check_count   # one check of counts for attacks and evaluation
 from ..config import parse_number, recipe_step
 from ..errors import ConfigError
 from ..timing import sync

@@ -53,12 +53,12 @@ class Ascent(Component):
     def __init__(self, objective: str = "ce", start: str = "uniform", early_stop: bool = False,
                  attack_eval: bool = False, tau: int = 3) -> None:
         self.objective, self.start, self.early_stop = objective, start, early_stop
-        self.defaults = (attack_eval, tau)
+        self.defaults = {"attack_eval": attack_eval, "tau": tau}   # of its parameters (params)
 
     def params(self):
-        tau = Param("tau", int, self.defaults[1], "FAT: steps an example still takes after it is first "
+        tau = Param("tau", int, self.defaults["tau"], "FAT: steps an example still takes after it is first "
                     "misclassified (its attack stops at the next misclassified iterate after that)", minimum=0)
-        return (attack_eval_param(self.defaults[0]), *((tau,) if self.early_stop else ()))
+        return (attack_eval_param(self.defaults["attack_eval"]), *((tau,) if self.early_stop else ()))
 
     def reset(self):
         self.sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.input_std.device)   # steps taken, examples
