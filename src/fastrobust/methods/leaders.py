@@ -283,7 +283,25 @@ def _smoothed_targets(y: torch.Tensor, classes: int, p_y: float, label_smoothing
     return _label_smoothed(targets, label_smoothing)
 
 
-class FGSMRSCS(SingleStep):
+class Smoothed:
+    """What FGSM-RS-CS and FGSM-MEP-CS share: a :class:`ConvergeSmooth` ``cs`` (built from the method's own
+    parameters), its epoch mean all-reduced at each epoch's end and shown as the state ``state_name``."""
+
+    state_name = "loss"
+
+    def __init__(self, ctx, **params) -> None:
+        super().__init__(ctx, **params)
+        self.cs = ConvergeSmooth(self.gamma, self.w, self.stride, ctx.epochs, ctx.input_std.device)
+
+    def on_epoch_end(self, epoch):
+        super().on_epoch_end(epoch)
+        self.cs.end_epoch(self.ctx.all_reduce_sum)
+
+    def state(self):
+        return {self.state_name: self.cs.prev} if self.cs.prev is not None else {}
+
+
+class FGSMRSCS(Smoothed, SingleStep):
     name = "fgsm-rs-cs"
     description = ("FGSM-RS-CS, ConvergeSmooth on FGSM-RS (Zhao et al., ICCV 2023): one step of size alpha "
                    "(default eps) from x + eta, eta uniform in the eps-ball, not projected back (as the authors' "
@@ -292,10 +310,7 @@ class FGSMRSCS(SingleStep):
                    "epoch's mean by more than gamma, +w l (above) or -w l (below). Cost 2, 8/3 in the epochs where "
                    "the constraint applies.")
     params = CS_PARAMS
-
-    def __init__(self, ctx, **params) -> None:
-        super().__init__(ctx, **params)
-        self.cs = ConvergeSmooth(self.gamma, self.w, self.stride, ctx.epochs, ctx.input_std.device)
+    state_name = "start_loss"
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         x, y, eps, tm = batch.x.detach(), batch.y, batch.eps, self.ctx.threat
@@ -323,13 +338,6 @@ class FGSMRSCS(SingleStep):
         step(loss)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes)
-
-    def on_epoch_end(self, epoch):
-        super().on_epoch_end(epoch)
-        self.cs.end_epoch(self.ctx.all_reduce_sum)
-
-    def state(self):
-        return {"start_loss": self.cs.prev} if self.cs.prev is not None else {}
 
     def state_dict(self):
         return {**super().state_dict(), **self.cs.state_dict()}
@@ -944,7 +952,7 @@ class FGSMPGI(MomentumPriors):
         return StepOutput(loss.detach(), logits.detach(), passes + n * (FORWARD + 2 * BACKWARD))
 
 
-class FGSMMEPCS(MomentumPriors):
+class FGSMMEPCS(Smoothed, MomentumPriors):
     """FGSM-MEP's priors with ConvergeSmooth's constraint on the clean loss: per-example state and a loss term
     on a forward of its own, outside the composition."""
 
@@ -957,10 +965,7 @@ class FGSMMEPCS(MomentumPriors):
                    "gamma; the stored delta and momentum as fgsm-pgi's. Cost 7/3, 3 in the epochs where the "
                    "constraint applies. Needs the examples' indices.")
     params = (*CS_PARAMS, *MEP_PARAMS)
-
-    def __init__(self, ctx, **params) -> None:
-        super().__init__(ctx, **params)
-        self.cs = ConvergeSmooth(self.gamma, self.w, self.stride, ctx.epochs, ctx.input_std.device)
+    state_name = "clean_loss"
 
     def train_batch(self, model, batch: Batch, step) -> StepOutput:
         x, y, eps = batch.x.detach(), batch.y, batch.eps
@@ -981,13 +986,6 @@ class FGSMMEPCS(MomentumPriors):
         self.remember(index, x, eps, start, grad, momentum)
         self.counter += 1
         return StepOutput(loss.detach(), logits.detach(), passes)
-
-    def on_epoch_end(self, epoch):
-        super().on_epoch_end(epoch)
-        self.cs.end_epoch(self.ctx.all_reduce_sum)
-
-    def state(self):
-        return {"clean_loss": self.cs.prev} if self.cs.prev is not None else {}
 
     def state_dict(self):
         return {**super().state_dict(), "cs": self.cs.state_dict()}
