@@ -106,3 +106,39 @@ def test_torchrun_two_processes_with_user_model_and_data(tmp_path):
                             test_steps=2, out=str(tmp_path / "one")), progress=False, echo=lambda s: None)
     assert two["world_size"] == 2 and two["test_examples"] == one["test_examples"] == 60
     assert two["passes_per_example"] == one["passes_per_example"] == 3.0
+
+
+class Keyed(torch.utils.data.Dataset):
+    """A Dataset whose items are dicts (as many vision datasets and Hugging Face pipelines give them)."""
+
+    def __init__(self, x, y, image="image", label="label", extra=None):
+        self.x, self.y, self.image, self.label, self.extra = x, y, image, label, extra or {}
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {self.image: self.x[i], self.label: int(self.y[i]), **self.extra}
+
+
+@pytest.mark.parametrize("image,label", [("image", "label"), ("pixel_values", "labels"), ("IMG", "Target")])
+def test_dict_items_and_dict_batches_are_read_as_pairs(image, label):
+    x, y = user_data.separable(50, seed=1)
+    plain = to_split(user_data.Pairs(x, y), "train")
+    keyed = Keyed(x, y, image, label, extra={"path": "a.png"})
+    for data in (keyed, torch.utils.data.DataLoader(keyed, batch_size=16)):   # default collate: a dict of batches
+        split = to_split(data, "train")
+        assert torch.equal(split.x, plain.x) and torch.equal(split.y, plain.y)
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"img": 0}, "2 image keys ('image', 'img')"),
+    ({"labels": 0}, "2 label keys ('label', 'labels')"),
+])
+def test_ambiguous_or_missing_dict_keys_are_refused_by_name(extra, message):
+    x, y = user_data.separable(6)
+    with pytest.raises(FastrobustError) as info:
+        to_split(Keyed(x, y, extra=extra), "train")
+    assert message in str(info.value) and "keep exactly one of each" in str(info.value)
+    with pytest.raises(FastrobustError, match="no label key"):
+        to_split(Keyed(x, y, label="annotation"), "train")

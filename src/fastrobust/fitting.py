@@ -57,7 +57,7 @@ def fit(model: nn.Module | str, train_data, *, method: str = "pgd", eps: float |
     the start; ``load_model(out, model=...)`` then loads the weights into a module you build.
 
     ``train_data``, ``val_data``, ``test_data``: a torch Dataset of (image, label) pairs (tensor, numpy or PIL
-    images), a DataLoader, or a pair of tensors ``(x, y)``; pixels in [0, 1] (floats) or 0..255 (uint8).
+    images; or dicts with an image and a label key, e.g. ``image`` and ``label``), a DataLoader, or a pair of tensors ``(x, y)``; pixels in [0, 1] (floats) or 0..255 (uint8).
     They are held in memory as 8-bit pixels; with ``stream=True`` a Dataset is read item by item when
     needed, in ``workers`` DataLoader processes (see :mod:`fastrobust.data.stream`). Without ``val_data`` a held-out split of ``val_size``
     examples is taken from ``train_data``; without ``test_data`` the run has no test evaluation.

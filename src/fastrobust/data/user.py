@@ -28,7 +28,8 @@ FACTORY_HELP = """\
 Your own data: --dataset package.module:factory
   factory is an importable callable returning (train, test): two torch Datasets of (image, label)
   pairs (an image is a (C, H, W) or (H, W) tensor of floats in [0, 1] or of uint8, a numpy array
-  (H, W[, C]) or a PIL image; a label an integer in [0, classes)), or two (x, y) tensor pairs.
+  (H, W[, C]) or a PIL image; a label an integer in [0, classes)), or of dicts with an image and a
+  label key (image/img/pixel_values..., label/labels/target...), or two (x, y) tensor pairs.
   It gets data_dir=--data-dir if it declares that parameter. It may return a third element, a dict
   of facts about the data: num_classes, classes (names), eps, alpha, crop_pad, flip (training
   augmentation: random crop with that padding and horizontal flips; default none). It may instead
@@ -237,10 +238,34 @@ def _loader_in_order(loader, what: str):
     return loader, notes
 
 
+#: the keys an item (or a DataLoader's batch) given as a dict may hold its image and its label under
+IMAGE_KEYS = ("image", "img", "images", "pixel_values", "x", "input", "inputs")
+LABEL_KEYS = ("label", "labels", "target", "targets", "y", "class", "fine_label")
+
+
 def _pair(item, what: str, index) -> tuple:
+    if isinstance(item, Mapping):
+        return _keyed_pair(item, what, index)
     if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise DataError(f"{what}: item {index} is a {type(item).__name__}; each item must be an (image, label) pair")
+        raise DataError(f"{what}: item {index} is a {type(item).__name__}; each item must be an (image, label) pair "
+                        f"(or a dict with an image key such as 'image' and a label key such as 'label')")
     return item[0], item[1]
+
+
+def _keyed_pair(item: Mapping, what: str, index) -> tuple:
+    """(image, label) of a dict item: the one key of each kind it has (any case)."""
+    keys = {str(k).lower(): k for k in item}
+    image = [keys[k] for k in IMAGE_KEYS if k in keys]
+    label = [keys[k] for k in LABEL_KEYS if k in keys]
+    if len(image) == 1 and len(label) == 1:
+        return item[image[0]], item[label[0]]
+    found = ", ".join(map(repr, item)) or "none"
+    problem = (f"{len(image)} image keys ({', '.join(map(repr, image))})" if len(image) > 1 else
+               "no image key" if not image else
+               f"{len(label)} label keys ({', '.join(map(repr, label))})" if len(label) > 1 else "no label key")
+    raise DataError(f"{what}: item {index} is a dict with the keys {found}: {problem}. fastrobust reads the image "
+                    f"from one of {', '.join(IMAGE_KEYS)} and the label from one of {', '.join(LABEL_KEYS)}: keep "
+                    f"exactly one of each (rename or drop the others), or return (image, label) pairs")
 
 
 def _image(img, what: str, index) -> torch.Tensor:
