@@ -24,7 +24,8 @@ from pathlib import Path
 NAMES = {"pgd-wa": "pgd_at_wa", "pgd": "pgd_at", "nuat": "nu_at", "liet": "liet", "fgsm-pgi": "fgsm_pgi",
          "fgsm-fuap": "fgsm_fuap", "fgsm-cuap": "fgsm_cuap", "fgsm-uap": "fgsm_uap", "gat": "gat",
          "fgsm-rs-cs": "fgsm_rs_cs", "fgsm-pco": "fgsm_pco", "gradalign": "grad_align", "n-fgsm": "n_fgsm",
-         "n-aaer": "n_aaer", "zerograd": "zero_grad", "free": "free_at", "fgsm-rs": "fgsm_rs", "elle": "elle"}
+         "n-aaer": "n_aaer", "zerograd": "zero_grad", "free": "free_at", "fgsm-rs": "fgsm_rs", "elle": "elle",
+         "fgsm-mep-cs": "fgsm_mep_cs", "ssat": "ssat"}
 
 
 def benchmark_cifar10(path: Path) -> dict[str, dict[str, float]]:

@@ -68,3 +68,11 @@ def test_the_table_of_the_kept_records(capsys):
 def test_a_missing_reference_file_is_refused(tmp_path, capsys):
     assert fc.main([str(RECORDS), "--reference", str(tmp_path / "none.md")]) == 2
     assert "--reference" in capsys.readouterr().err
+
+
+def test_every_benchmark_method_of_the_suite_is_mapped():
+    import yaml
+
+    suite = yaml.safe_load((ROOT / "src" / "fastrobust" / "bench" / "suites" / "fastat-small.yaml").read_text())
+    ours = {"gaat", "mdeat", "deat-p"}          # the seeds' methods: the benchmark has none of them
+    assert set(suite["runs"]) - ours == set(fc.NAMES)
