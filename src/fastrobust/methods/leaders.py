@@ -978,7 +978,9 @@ class FGSMMEPCS(Smoothed, MomentumPriors):
         logits = model(x + adv)
         loss = _soft_ce(logits, targets)
         passes += n * (2 * FORWARD + BACKWARD)          # x_adv's forward and backward, the clean forward
-        term = self.cs.term(_soft_ce(model(x), targets), n, self.epoch)
+        with torch.set_grad_enabled(self.cs.active(self.epoch)):   # its graph only where the constraint uses it
+            clean = _soft_ce(model(x), targets)
+        term = self.cs.term(clean, n, self.epoch)
         if term is not None:
             loss = loss + term
             passes += n * BACKWARD                      # the backward through the clean forward
